@@ -1,0 +1,48 @@
+"""The `sftlab` command: `sftlab data --config FILE` prints the data report of a recipe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import SftlabError
+
+
+def _cmd_data(args) -> int:
+    from .config import load_config, section
+    from .data import format_report, prepare_data
+    from .sources import load_tokenizer
+
+    config = load_config(args.config)
+    tokenizer = load_tokenizer(section(config, "model")["base"])
+    prepared = prepare_data(section(config, "data"), tokenizer, seed=config.get("seed", 0))
+    if args.json:
+        print(json.dumps(prepared.report, indent=2, default=str))
+    else:
+        print(format_report(prepared.report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sftlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    data = sub.add_parser("data", help="load, validate, filter and split a recipe's data; print the report")
+    data.add_argument("--config", required=True, help="a run recipe, e.g. configs/default.yaml")
+    data.add_argument("--json", action="store_true", help="print the report as JSON")
+    data.set_defaults(func=_cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SftlabError as exc:
+        # Our own errors already name the bad key, record or file: show them without a traceback.
+        print(f"sftlab: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
