@@ -1,4 +1,8 @@
-"""The `sftlab` command: `sftlab data --config FILE` prints the data report of a recipe."""
+"""The `sftlab` command.
+
+  sftlab data --config FILE   print the data report of a recipe
+  sftlab run FILE             train and evaluate; write results/NAME/
+"""
 
 from __future__ import annotations
 
@@ -24,6 +28,14 @@ def _cmd_data(args) -> int:
     return 0
 
 
+def _cmd_run(args) -> int:
+    from .experiment import run_experiment
+
+    out = run_experiment(args.config, results_root=args.results, progress=not args.quiet)
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sftlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -31,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--config", required=True, help="a run recipe, e.g. configs/default.yaml")
     data.add_argument("--json", action="store_true", help="print the report as JSON")
     data.set_defaults(func=_cmd_data)
+    run = sub.add_parser("run", help="train LoRA and evaluate every system; write results/NAME/")
+    run.add_argument("config", help="a run recipe, e.g. configs/default.yaml")
+    run.add_argument("--results", default="results", help="folder that receives NAME/ (default: results)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=_cmd_run)
     return parser
 
 

@@ -1,0 +1,131 @@
+"""Before/after evaluation: the same prompts, greedy decoding and token limit for every system.
+
+Systems (names used in results/*/metrics.json and samples.jsonl):
+  base_continuation  the base model reading the user's text as plain text (no template)
+  base_chat          the base model with the chat template (what SFT starts from)
+  sft                the base model with the trained LoRA adapter, same template
+  reference          a published post-trained model (SmolLM2-135M-Instruct) with its own template
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+from .chat import encode_conversation
+
+SYSTEMS = ("base_continuation", "base_chat", "sft", "reference")
+
+
+def chat_prompt_ids(tokenizer, messages) -> list[int]:
+    """Prompt ids for the next reply: the conversation so far plus the reply header."""
+    return encode_conversation(tokenizer, messages, add_generation_prompt=True)["input_ids"]
+
+
+def continuation_prompt_ids(tokenizer, messages) -> list[int]:
+    """The conversation's text with no template: how a base model was pretrained to read."""
+    text = "\n\n".join(m["content"] for m in messages)
+    ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return bos + ids + tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+
+
+def generate_replies(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    *,
+    stop_ids: list[int],
+    max_new_tokens: int,
+    batch_size: int = 8,
+    desc: str = "generating",
+    progress: bool = True,
+) -> list[dict]:
+    """Greedy replies for token-id prompts, batched with left padding.
+
+    Prompts are sorted by length so a batch wastes little padding; results come
+    back in the input order. Each result: text (up to, not including, the stop
+    token), stopped (a stop token came before the limit), n_tokens.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    pad_id = tokenizer.pad_token_id
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[dict | None] = [None] * len(prompts)
+    device = next(model.parameters()).device
+    stop_set = set(stop_ids)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        width = max(len(prompts[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            p = prompts[i]
+            ids[row, width - len(p) :] = torch.tensor(p)
+            attn[row, width - len(p) :] = 1
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=attn.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=list(stop_ids),
+                pad_token_id=pad_id,
+            )
+        for row, i in enumerate(batch):
+            new = out[row, width:].tolist()
+            cut = next((k for k, t in enumerate(new) if t in stop_set), None)
+            tokens = new if cut is None else new[:cut]
+            results[i] = {
+                "text": tokenizer.decode(tokens, skip_special_tokens=False),
+                "stopped": cut is not None,
+                "n_tokens": len(tokens),
+            }
+    return results  # type: ignore[return-value]
+
+
+def assistant_nll(model, dataset, *, batch_size: int = 4, max_batches: int | None = None, progress: bool = True):
+    """Mean negative log-likelihood per assistant token, per conversation.
+
+    Hand-written rather than `Trainer.evaluate`, because the book needs one number per
+    conversation (for bootstrap intervals), not only the corpus mean.
+    Returns (per-conversation list of (sum_nll, n_tokens), corpus mean nll).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    per_conv = []
+    rows = list(range(len(dataset)))
+    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    if max_batches is not None:
+        batches = batches[:max_batches]
+    for batch in tqdm(batches, desc="held-out loss", disable=not progress, leave=False):
+        seqs = [dataset[i]["input_ids"] for i in batch]
+        masks = [dataset[i]["assistant_masks"] for i in batch]
+        width = max(len(s) for s in seqs)
+        ids = torch.zeros((len(batch), width), dtype=torch.long)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        lab = torch.full((len(batch), width), -100, dtype=torch.long)
+        for r, (s, m) in enumerate(zip(seqs, masks)):
+            ids[r, : len(s)] = torch.tensor(s)
+            attn[r, : len(s)] = 1
+            lab[r, : len(s)] = torch.where(torch.tensor(m) == 1, torch.tensor(s), torch.tensor(-100))
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        target = lab[:, 1:].to(device)
+        valid = target != -100
+        picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        nll = -(picked * valid).sum(dim=1)
+        for r in range(len(batch)):
+            per_conv.append((float(nll[r]), int(valid[r].sum())))
+    total_nll = sum(a for a, _ in per_conv)
+    total_tok = sum(b for _, b in per_conv)
+    return per_conv, (total_nll / total_tok if total_tok else math.nan)
+
+
+def adapter_disabled(model):
+    """Context in which a PEFT model behaves as its base model (no-op for plain models)."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()

@@ -1,0 +1,218 @@
+"""LoRA supervised fine-tuning with TRL's SFTTrainer, on conversations encoded by `sftlab.chat`.
+
+The dataset handed to `SFTTrainer` is already tokenized (`input_ids` plus
+`assistant_masks`), because `sftlab.chat.encode_conversation` is the injection-safe
+encoder; TRL turns the masks into labels (-100 outside assistant replies), so the
+loss is assistant-only without TRL re-rendering the template.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from pathlib import Path
+
+from .chat import ChatFormat, encode_conversation
+from .errors import ConfigError
+
+
+def encode_dataset(conversations, tokenizer, *, max_length: int | None, progress: bool = True):
+    """Encode conversations for training; those longer than `max_length` are skipped and counted.
+
+    Truncating instead would cut replies before their `<end_of_turn>`: the model would
+    learn from replies that never end. Returns (datasets.Dataset, Counter of skip reasons).
+    """
+    from datasets import Dataset
+    from tqdm.auto import tqdm
+
+    rows, skipped = [], Counter()
+    for conv in tqdm(conversations, desc="encoding", disable=not progress, leave=False):
+        enc = encode_conversation(tokenizer, conv["messages"])
+        if max_length is not None and len(enc["input_ids"]) > max_length:
+            skipped["longer_than_max_length"] += 1
+            continue
+        if not any(enc["assistant_masks"]):
+            skipped["no_assistant_tokens"] += 1
+            continue
+        rows.append({"id": str(conv.get("id", len(rows))), **enc})
+    return Dataset.from_list(rows), skipped
+
+
+def resolve_token_indices(value, tokenizer):
+    """Allow `trainable_token_indices` to name tokens ("<end_of_turn>") as well as ids."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {k: resolve_token_indices(v, tokenizer) for k, v in value.items()}
+    ids = []
+    vocab = tokenizer.get_vocab()
+    for item in value:
+        if isinstance(item, str):
+            if item not in vocab:
+                raise ConfigError(f"lora.trainable_token_indices names {item!r}, which is not in the vocabulary")
+            ids.append(vocab[item])
+        else:
+            ids.append(int(item))
+    return ids
+
+
+def build_lora_config(lora_cfg: dict, tokenizer, fmt: ChatFormat):
+    """`peft.LoraConfig` from the recipe; new template tokens always get trainable embeddings."""
+    from peft import LoraConfig
+
+    cfg = dict(lora_cfg)
+    cfg.setdefault("task_type", "CAUSAL_LM")
+    indices = resolve_token_indices(cfg.pop("trainable_token_indices", None), tokenizer)
+    if fmt.new_token_ids:
+        # Added tokens start with random embeddings: they must train, or the model can never emit them.
+        if isinstance(indices, dict):
+            raise ConfigError("new template tokens need trainable_token_indices as a list, not a dict")
+        indices = sorted(set(indices or []) | set(fmt.new_token_ids))
+    if indices:
+        cfg["trainable_token_indices"] = indices
+    return LoraConfig(**cfg)
+
+
+def build_sft_config(training_cfg: dict, output_dir: Path, seed: int):
+    """`trl.SFTConfig` from the recipe, with the few settings our pre-tokenized data needs."""
+    import torch
+    from trl import SFTConfig
+
+    cfg = dict(training_cfg)
+    if cfg.get("assistant_only_loss"):
+        raise ConfigError(
+            "training.assistant_only_loss must stay false: sftlab's encoder already supplies the assistant "
+            "masks (TRL's option re-renders the template from text, which is not injection-safe)"
+        )
+    if cfg.get("bf16") == "auto":
+        # bf16 autocast helps on CPUs with native bf16 (avx512_bf16/AMX) and on recent GPUs.
+        cpu_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        cfg["bf16"] = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else bool(cpu_bf16)
+    cfg.setdefault("report_to", "none")
+    cfg.setdefault("seed", seed)
+    cfg.setdefault("data_seed", seed)
+    cfg.setdefault("save_strategy", "no")
+    cfg.setdefault("logging_steps", 1)
+    return SFTConfig(output_dir=str(output_dir), **cfg)
+
+
+def _log_callback(path: Path):
+    from transformers import TrainerCallback
+
+    class JsonlLog(TrainerCallback):
+        """Append every logged train/eval record to a JSONL file, with wall time."""
+
+        def __init__(self):
+            self.start = time.time()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs:
+                return
+            record = {"step": state.global_step, "epoch": state.epoch, "time_s": round(time.time() - self.start, 2)}
+            record.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
+            with path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    return JsonlLog()
+
+
+def _nonfinite_guard():
+    from transformers import TrainerCallback
+
+    class StopOnNonFinite(TrainerCallback):
+        """A NaN or infinite loss stops the run, naming the step, instead of training on garbage."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss} at step {state.global_step}; run stopped")
+
+    return StopOnNonFinite()
+
+
+def labelled_position_loss(model, inputs, num_items_in_batch=None):
+    """Causal-LM loss that runs the output layer only where a label exists.
+
+    Hand-written because TRL's fused LM head (its default loss path) scores every
+    position and reads `lm_head.bias`, which PEFT's trainable-token wrapper on a tied
+    head does not expose. Here the backbone runs once, hidden states are gathered at
+    the positions whose next token is labelled (assistant tokens), and only those go
+    through the 262,144-way output layer: on Gemma-3 that layer costs more than the
+    whole body, and most positions (prompt, padding) carry no label. The loss equals
+    the usual mean cross-entropy over labelled tokens (tests compare the two).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    labels = inputs["labels"]
+    body_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    hidden = inner.model(**body_inputs).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != -100
+    logits = inner.lm_head(hidden[:, :-1][keep])
+    cap = getattr(inner.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    loss_sum = F.cross_entropy(logits.float(), target[keep], reduction="sum")
+    denom = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+    return loss_sum / torch.as_tensor(denom, device=loss_sum.device).clamp(min=1)
+
+
+def _trainer_class():
+    from trl import SFTTrainer
+
+    class SftlabTrainer(SFTTrainer):
+        """SFTTrainer whose loss scores only labelled positions (see `labelled_position_loss`)."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            with self.accelerator.autocast():
+                loss = labelled_position_loss(model, inputs, num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            return (loss, None) if return_outputs else loss
+
+    return SftlabTrainer
+
+
+def train_lora(model, tokenizer, fmt: ChatFormat, train_ds, eval_ds, config: dict, work_dir: Path, log_path: Path):
+    """Wrap `model` with LoRA and train it with SFTTrainer; returns (peft_model, stats dict)."""
+    seed = int(config.get("seed", 0))
+    lora = build_lora_config(config.get("lora") or {}, tokenizer, fmt)
+    args = build_sft_config(config.get("training") or {}, work_dir / "checkpoints", seed)
+    trainer = _trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds if args.eval_strategy != "no" else None,
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[_log_callback(log_path), _nonfinite_guard()],
+    )
+    peft_model = trainer.model
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in peft_model.parameters())
+    n_train_tokens = sum(len(x) for x in train_ds["input_ids"])
+    n_assistant_tokens = sum(sum(x) for x in train_ds["assistant_masks"]) if "assistant_masks" in train_ds.column_names else None
+    start = time.time()
+    result = trainer.train()
+    wall = time.time() - start
+    epochs = float(args.num_train_epochs) if args.max_steps <= 0 else None
+    stats = {
+        "train_wall_s": round(wall, 1),
+        "global_steps": int(result.global_step),
+        "train_loss": float(result.training_loss),
+        "trainable_params": int(trainable),
+        "total_params": int(total),
+        "train_conversations": len(train_ds),
+        "train_tokens_per_epoch": int(n_train_tokens),
+        "train_assistant_tokens_per_epoch": n_assistant_tokens,
+        "epochs": epochs,
+        "bf16": bool(args.bf16),
+    }
+    seen_tokens = trainer.state.num_input_tokens_seen or 0
+    stats["tokens_per_second"] = round((seen_tokens or n_train_tokens * (epochs or 1)) / max(wall, 1e-9), 1)
+    peft_model.eval()
+    return peft_model, stats

@@ -1,0 +1,98 @@
+"""A tiny end-to-end run (tiny model, a few steps) writes a complete, loadable results folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from sftlab.experiment import run_experiment
+
+FILES = ["config.yaml", "run.json", "data_report.json", "train_log.jsonl", "metrics.json",
+         "samples.jsonl", "lora_norms.jsonl", "adapter/adapter_config.json"]
+
+
+def _write_conversations(path, n=24):
+    topics = ["the sea", "France", "a fox", "numbers", "poems", "the weather"]
+    with path.open("w") as f:
+        for i in range(n):
+            t = topics[i % len(topics)]
+            messages = [
+                {"role": "user", "content": f"Tell me about {t}, please ({i})."},
+                {"role": "assistant", "content": f"Here is a short answer about {t}."},
+            ]
+            f.write(json.dumps({"id": f"c{i}", "messages": messages}) + "\n")
+
+
+@pytest.fixture()
+def tiny_recipe(tmp_path, tiny_model_dir):
+    data = tmp_path / "convs.jsonl"
+    _write_conversations(data)
+    recipe = {
+        "name": "tiny",
+        "seed": 0,
+        "model": {"base": str(tiny_model_dir), "reference": str(tiny_model_dir),
+                  "template": "gemma", "reference_template": "gemma"},
+        "data": {"source": str(data), "english_only": False, "min_tokens": None, "max_tokens": None,
+                 "train_size": 16, "eval_size": 4},
+        "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "all-linear",
+                 "trainable_token_indices": ["<end_of_turn>"]},
+        "training": {"max_steps": 3, "per_device_train_batch_size": 4, "learning_rate": 1e-3,
+                     "max_length": 256, "bf16": False, "gradient_checkpointing": False},
+        "evaluation": {"heldout_size": 4, "max_new_tokens": 6, "batch_size": 8,
+                       "embedding_similarity": False, "bootstrap_resamples": 50},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_tiny_run_writes_complete_results(tiny_recipe, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = run_experiment(tiny_recipe, results_root=tmp_path / "results", progress=False)
+    assert out == tmp_path / "results" / "tiny"
+    for name in FILES:
+        assert (out / name).exists(), name
+    assert not list((tmp_path / "results").glob(".tmp-*"))  # the temporary folder was renamed
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["systems"]) == {"base_continuation", "base_chat", "sft", "reference"}
+    for entry in metrics["systems"].values():
+        assert 0.0 <= entry["heldout"]["stop_rate"]["value"] <= 1.0
+        assert "prompt_level" in entry["ifeval"]
+    assert set(metrics["heldout_loss"]) == {"base_chat", "sft"}
+
+    run = json.loads((out / "run.json").read_text())
+    assert run["training"]["global_steps"] == 3
+    assert 0 < run["training"]["trainable_params"] < run["training"]["total_params"]
+    assert run["versions"]["trl"] and run["config_hash"]
+
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert any("loss" in row for row in log)
+
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    heldout = [s for s in samples if s["set"] == "heldout"]
+    assert len(heldout) == 4 and all(set(s["replies"]) == set(metrics["systems"]) for s in heldout)
+
+    # The adapter is a standard PEFT adapter.
+    base = AutoModelForCausalLM.from_pretrained(yaml.safe_load((out / "config.yaml").read_text())["model"]["base"])
+    PeftModel.from_pretrained(base, out / "adapter")
+
+
+def test_failed_run_leaves_previous_results_untouched(tiny_recipe, tmp_path, monkeypatch):
+    import sftlab.experiment as exp
+
+    results = tmp_path / "results"
+    (results / "tiny").mkdir(parents=True)
+    (results / "tiny" / "metrics.json").write_text('{"old": true}')
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated crash during training")
+
+    monkeypatch.setattr("sftlab.train.train_lora", boom)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        exp.run_experiment(tiny_recipe, results_root=results, progress=False)
+    assert json.loads((results / "tiny" / "metrics.json").read_text()) == {"old": True}

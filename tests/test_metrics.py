@@ -1,0 +1,304 @@
+"""Metrics on hand-made cases whose right answer is known."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from sftlab import metrics
+from sftlab.errors import DataError
+from sftlab.metrics import (
+    bleu,
+    bleu_from_stats,
+    bleu_item_stats,
+    bootstrap_ci,
+    count_words,
+    distinct_n,
+    perplexity,
+    reply_length,
+    role_leak,
+    rouge_l,
+    rouge_l_per_item,
+    stop_rate,
+    summarize,
+)
+
+LONG = "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm windowsill."
+
+
+# --------------------------------------------------------------------------- ROUGE-L and BLEU
+
+
+def test_rouge_l_identical_is_one_and_disjoint_is_zero():
+    assert rouge_l(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(1.0)
+    assert rouge_l(["apples and pears"], ["stocks fell sharply"]) == 0.0
+
+
+def test_rouge_l_per_item_known_values():
+    scores = rouge_l_per_item(
+        ["the cat sat", "a dog", "the cat sat on the mat"],
+        ["The cat sat.", "the cat", "the cat lay on the mat"],
+    )
+    # case and punctuation are ignored; LCS "the cat on the mat" is 5 of 6 tokens
+    assert scores == pytest.approx([1.0, 0.0, 5 / 6])
+    assert rouge_l(["a b", "c"], ["a b", "d"]) == pytest.approx(0.5)
+
+
+def test_rouge_l_rejects_mismatched_lengths():
+    with pytest.raises(ValueError, match="2 predictions but 1 references"):
+        rouge_l(["a", "b"], ["a"])
+    with pytest.raises(ValueError):
+        rouge_l([], [])
+
+
+def test_bleu_identical_long_sentence_is_one_and_disjoint_is_zero():
+    assert bleu([LONG], [LONG]) == pytest.approx(1.0)
+    assert bleu(["hello there"], ["goodbye friend"]) == 0.0
+
+
+def test_bleu_of_identical_very_short_reply_is_below_one():
+    # NLTK floors each item's n-gram count at 1: "Paris." has no trigram, yet counts one.
+    assert bleu(["Paris.", LONG], ["Paris.", LONG]) < 1.0
+
+
+def test_bleu_partial_overlap_is_between_and_penalises_short_replies():
+    full = bleu([LONG], [LONG])
+    half = bleu(["The quick brown fox jumps over the lazy dog."], [LONG])
+    assert 0.0 < half < full
+
+
+def test_bleu_from_item_stats_matches_the_evaluate_module():
+    preds = [LONG, "the cat sleeps", "", "A b c d e f", "Paris is the capital."]
+    refs = [LONG, "the cat sleeps on the mat", "anything", "a b c d e f", "The capital is Paris."]
+    stats = [bleu_item_stats(p, r) for p, r in zip(preds, refs)]
+    assert bleu_from_stats(stats) == pytest.approx(bleu(preds, refs), abs=1e-12)
+    assert bleu_item_stats("a b c", "a b d") == [3, 3, 2, 1, 0, 0, 3, 2, 1, 1]
+
+
+def test_metric_modules_load_offline_once_per_process():
+    assert metrics.load_metric_module("rouge") is metrics.load_metric_module("rouge")
+    assert metrics.load_metric_module("bleu") is not metrics.load_metric_module("rouge")
+    with pytest.raises(FileNotFoundError):
+        metrics.load_metric_module("no_such_metric")
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+@pytest.mark.slow
+def test_embedding_similarity_identical_is_one_unrelated_lower():
+    a = "The cat sat on the mat."
+    sims = metrics.embedding_similarity(
+        [a, "A cat was sitting on the rug.", "Stocks fell sharply today."],
+        [a, a, a],
+    )
+    assert sims[0] == pytest.approx(1.0, abs=1e-5)
+    assert sims[2] < sims[1] < sims[0]
+    assert all(-1.0 <= s <= 1.0 for s in sims)
+
+
+# --------------------------------------------------------------------------- words, diversity, stops
+
+
+def test_word_counts_and_reply_length(tiny_tokenizer):
+    assert count_words("Don't stop -- it's 9:30!") == 5
+    assert count_words("state-of-the-art design") == 5
+    assert count_words("") == 0
+    assert reply_length("The sea is wide and blue.") == 6
+    text = "The sea is wide and blue."
+    assert reply_length(text, tiny_tokenizer) == len(tiny_tokenizer.encode(text, add_special_tokens=False))
+
+
+@pytest.mark.parametrize(
+    "texts, n, expected",
+    [
+        (["a b a b"], 1, 2 / 4),
+        (["a b a b"], 2, 2 / 3),
+        (["a b", "a b"], 2, 1 / 2),
+        (["The cat", "the CAT"], 1, 2 / 4),  # case does not make a new n-gram
+        (["a b", "c d"], 2, 1.0),  # no bigram across replies
+        (["one", ""], 2, 0.0),  # no bigrams at all
+    ],
+)
+def test_distinct_n(texts, n, expected):
+    assert distinct_n(texts, n) == pytest.approx(expected)
+
+
+def test_distinct_n_rejects_n_below_one():
+    with pytest.raises(ValueError):
+        distinct_n(["a"], 0)
+
+
+def test_stop_rate():
+    assert stop_rate([True, True, False, True]) == 0.75
+    assert stop_rate([0, 1]) == 0.5
+    with pytest.raises(ValueError):
+        stop_rate([])
+
+
+# --------------------------------------------------------------------------- role leaks
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "Paris.<end_of_turn>",
+        "Sure!<|im_end|>\n<|im_start|>user\nThanks",
+        "Paris is the capital.\nUser: and what about Rome?",
+        "Paris.\n\nHuman: Thanks!",
+        "Paris.\nUSER: more",
+        "Paris.\n**User:** and Spain?",
+        "Here you go.\n### Instruction:\nWrite a poem.",
+        "Paris.\nuser\nWhat about Italy?",  # Gemma turn header, special tokens stripped
+        "Paris.\n<|user|>\nNext question",
+        "Assistant: Paris is the capital of France.",
+    ],
+)
+def test_role_leak_positive(reply):
+    assert role_leak(reply)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "The user can reset the password from the settings page.",
+        "User experience: smooth and fast.",
+        "Human rights: a short history of the idea.",
+        "Ask the assistant: it will help you.",
+        "Most users: students and teachers.",
+        "The model\nworks well.",  # capitalised words are prose, not a turn header
+        "Our tests cover:\n- user accounts\n- model loading",
+        "A good assistant listens first.\nThen it answers.",
+        "## Instructions for use\nShake well.",  # "Instructions" is not the header word "Instruction"
+        "",
+    ],
+)
+def test_role_leak_negative(reply):
+    assert not role_leak(reply)
+
+
+def test_role_leak_markers_are_configurable():
+    assert not role_leak("done <eos>")
+    assert role_leak("done <eos>", markers=["<eos>"])
+    assert not role_leak("done <end_of_turn>", markers=[])
+
+
+# --------------------------------------------------------------------------- bootstrap and perplexity
+
+
+def test_bootstrap_ci_contains_mean_and_is_deterministic():
+    rng = np.random.default_rng(1)
+    values = rng.normal(0.5, 0.2, size=50)
+    low, high = bootstrap_ci(values)
+    assert low < float(np.mean(values)) < high
+    assert bootstrap_ci(values, seed=3) == bootstrap_ci(values, seed=3)
+    assert bootstrap_ci(values, seed=3) != bootstrap_ci(values, seed=4)
+
+
+def test_bootstrap_ci_for_flags_and_constants():
+    flags = [True] * 10 + [False] * 10
+    low, high = bootstrap_ci(flags)
+    assert 0.2 <= low < 0.5 < high <= 0.8
+    assert bootstrap_ci([1.0, 1.0, 1.0]) == (1.0, 1.0)
+    assert bootstrap_ci([0.25]) == (0.25, 0.25)
+
+
+def test_bootstrap_ci_narrows_with_more_data():
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 2, size=20)
+    large = rng.integers(0, 2, size=2000)
+    width = lambda ci: ci[1] - ci[0]  # noqa: E731
+    assert width(bootstrap_ci(large)) < width(bootstrap_ci(small)) / 3
+
+
+def test_bootstrap_ci_custom_stat_and_rows():
+    values = [1.0, 2.0, 3.0, 100.0]
+    low, high = bootstrap_ci(values, stat=np.median)
+    assert 1.0 <= low <= high <= 100.0
+    rows = [[1, 2], [0, 1], [3, 3]]  # ratio of column sums
+    low, high = bootstrap_ci(rows, stat=lambda r: r[:, 0].sum() / r[:, 1].sum())
+    assert 0.0 <= low <= 4 / 6 <= high <= 1.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, values",
+    [({}, []), ({}, [1.0, float("nan")]), ({"confidence": 1.0}, [1.0]), ({"n_resamples": 0}, [1.0])],
+)
+def test_bootstrap_ci_rejects_bad_input(kwargs, values):
+    with pytest.raises(ValueError):
+        bootstrap_ci(values, **kwargs)
+
+
+def test_bootstrap_ci_empty_message():
+    with pytest.raises(ValueError, match="at least one value"):
+        bootstrap_ci([])
+
+
+def test_perplexity():
+    assert perplexity(0.0) == 1.0
+    assert perplexity(math.log(7.6)) == pytest.approx(7.6)
+    assert perplexity(1e6) == math.inf
+    with pytest.raises(ValueError):
+        perplexity(-0.1)
+    with pytest.raises(ValueError):
+        perplexity(float("nan"))
+
+
+# --------------------------------------------------------------------------- summarize
+
+
+def _records():
+    return [
+        {"reply": "Paris is the capital of France.", "reference": "Paris is the capital of France.", "stopped": True},
+        {"reply": "The sea is wide.", "reference": "The sea is wide and blue.", "stopped": True},
+        {"reply": "I like tea.\nUser: and you?", "reference": "Tea is a hot drink.", "stopped": False},
+        {"reply": "Two plus two is four.", "reference": "2 + 2 = 4", "stopped": True},
+    ]
+
+
+def test_summarize_computes_every_metric_and_is_json_ready():
+    out = summarize(_records(), n_resamples=200)
+    json.dumps(out)  # plain types only
+    assert out["n"] == 4
+    expected = {"n", "reply_length", "role_leak_rate", "distinct_1", "distinct_2", "stop_rate", "rougeL", "bleu"}
+    assert set(out) == expected
+    assert out["stop_rate"]["value"] == 0.75
+    assert out["role_leak_rate"]["value"] == 0.25
+    assert out["reply_length"]["unit"] == "words"
+    assert out["distinct_1"]["ci"] is None
+    preds = [r["reply"] for r in _records()]
+    refs = [r["reference"] for r in _records()]
+    assert out["rougeL"]["value"] == pytest.approx(rouge_l(preds, refs))
+    assert out["bleu"]["value"] == pytest.approx(bleu(preds, refs))
+    for key in ("reply_length", "role_leak_rate", "stop_rate", "rougeL", "bleu"):
+        low, high = out[key]["ci"]
+        assert low <= out[key]["value"] <= high, key
+
+
+def test_summarize_perfect_system():
+    texts = ["Paris is in France.", "The sea is wide and blue today.", LONG]  # 4+ tokens each: see bleu()
+    recs = [{"reply": t, "reference": t} for t in texts]
+    out = summarize(recs, n_resamples=100)
+    assert out["rougeL"] == {"value": 1.0, "ci": [1.0, 1.0]}
+    assert out["bleu"]["value"] == pytest.approx(1.0)
+    assert "stop_rate" not in out and "embedding_similarity" not in out
+
+
+def test_summarize_perplexity_is_token_weighted():
+    recs = [{"reply": "a", "mean_nll": 1.0, "n_tokens": 3}, {"reply": "b", "mean_nll": 2.0, "n_tokens": 1}]
+    out = summarize(recs, n_resamples=100)
+    assert out["perplexity"]["value"] == pytest.approx(math.exp((3 * 1.0 + 1 * 2.0) / 4))
+    low, high = out["perplexity"]["ci"]
+    assert math.e <= low <= high <= math.exp(2.0)
+
+
+def test_summarize_rejects_partial_fields_and_empty_input():
+    recs = _records()
+    del recs[2]["reference"]
+    with pytest.raises(DataError, match="record 2 has no 'reference'"):
+        summarize(recs)
+    with pytest.raises(ValueError):
+        summarize([])
