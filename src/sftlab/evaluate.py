@@ -113,17 +113,31 @@ def assistant_nll(model, dataset, *, batch_size: int = 4, max_batches: int | Non
             attn[r, : len(s)] = 1
             lab[r, : len(s)] = torch.where(torch.tensor(m) == 1, torch.tensor(s), torch.tensor(-100))
         with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        target = lab[:, 1:].to(device)
-        valid = target != -100
-        picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        nll = -(picked * valid).sum(dim=1)
+            nll = _labelled_nll(model, ids.to(device), attn.to(device), lab.to(device))
+        n_tok = (lab[:, 1:] != -100).sum(dim=1)
         for r in range(len(batch)):
-            per_conv.append((float(nll[r]), int(valid[r].sum())))
+            per_conv.append((float(nll[r]), int(n_tok[r])))
     total_nll = sum(a for a, _ in per_conv)
     total_tok = sum(b for _, b in per_conv)
     return per_conv, (total_nll / total_tok if total_tok else math.nan)
+
+
+def _labelled_nll(model, input_ids, attention_mask, labels):
+    """Summed NLL per row over labelled tokens, scoring only labelled positions (see train.labelled_position_loss)."""
+    import torch
+    import torch.nn.functional as F
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = inner.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != -100
+    logits = inner.lm_head(hidden[:, :-1][keep]).float()
+    cap = getattr(inner.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    token_nll = F.cross_entropy(logits, target[keep], reduction="none")
+    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(target)[keep]
+    return torch.zeros(labels.shape[0], device=labels.device).index_add_(0, rows, token_nll)
 
 
 def adapter_disabled(model):

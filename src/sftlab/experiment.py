@@ -225,7 +225,12 @@ def run_experiment(config_path: str | Path, *, results_root: str | Path = "resul
         losses["sft"] = {"per_conversation": per_conv, "mean_nll": mean}
         timings["loss_sft_s"] = time.time() - t
         if "sft" in systems:
-            evaluate_chat_model("sft", peft_model, tokenizer, chat_prompt_ids)
+            # Merged weights generate at base-model speed; unmerged LoRA and the trainable-token
+            # wrapper on the 262k-row output layer add work at every decoding step.
+            merged = peft_model.merge_and_unload()
+            merged.eval()
+            evaluate_chat_model("sft", merged, tokenizer, chat_prompt_ids)
+            del merged
         del peft_model, model
 
         if "reference" in systems and model_cfg.get("reference"):

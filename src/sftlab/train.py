@@ -90,6 +90,8 @@ def build_sft_config(training_cfg: dict, output_dir: Path, seed: int):
         # bf16 autocast helps on CPUs with native bf16 (avx512_bf16/AMX) and on recent GPUs.
         cpu_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
         cfg["bf16"] = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else bool(cpu_bf16)
+    if cfg.get("bf16") and not torch.cuda.is_available():
+        cfg.setdefault("use_cpu", True)  # transformers only allows CPU bf16 autocast when told it is on CPU
     cfg.setdefault("report_to", "none")
     cfg.setdefault("seed", seed)
     cfg.setdefault("data_seed", seed)

@@ -1,0 +1,46 @@
+"""The `sftlab` command as a user meets it: reports on stdout, clear errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from sftlab.cli import main
+
+
+def _recipe(tmp_path, tiny_model_dir, **data):
+    convs = tmp_path / "convs.jsonl"
+    with convs.open("w") as f:
+        for i in range(12):
+            msgs = [{"role": "user", "content": f"Question number {i}?"},
+                    {"role": "assistant", "content": f"Answer number {i}."}]
+            f.write(json.dumps({"id": f"c{i}", "messages": msgs}) + "\n")
+        f.write("{not json\n")
+        f.write(json.dumps({"id": "bad", "messages": [{"role": "user", "content": "only a question"}]}) + "\n")
+    recipe = {"model": {"base": str(tiny_model_dir)},
+              "data": {"source": str(convs), "english_only": False, "min_tokens": None, "max_tokens": None,
+                       "train_size": 8, "eval_size": 2, **data}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_data_command_prints_counts_by_skip_reason(tmp_path, tiny_model_dir, capsys):
+    assert main(["data", "--config", str(_recipe(tmp_path, tiny_model_dir))]) == 0
+    out = capsys.readouterr().out
+    assert "invalid_json" in out and "no_assistant_turn" in out
+    assert "train" in out and "eval" in out
+
+
+def test_data_command_json_report(tmp_path, tiny_model_dir, capsys):
+    assert main(["data", "--config", str(_recipe(tmp_path, tiny_model_dir)), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_read"] == 14 and sum(report["skipped"].values()) == 2
+
+
+def test_unknown_key_exits_2_naming_the_key(tmp_path, tiny_model_dir, capsys):
+    path = _recipe(tmp_path, tiny_model_dir, max_tokenz=5)
+    assert main(["data", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "data.max_tokenz" in err and "max_tokens" in err and "Traceback" not in err

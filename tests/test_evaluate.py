@@ -1,0 +1,68 @@
+"""Evaluation pieces: held-out assistant NLL, batched greedy generation, prompt building."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from sftlab.chat import prepare_model, prepare_tokenizer
+from sftlab.evaluate import assistant_nll, chat_prompt_ids, continuation_prompt_ids, generate_replies
+from sftlab.train import encode_dataset
+
+CONVS = [
+    {"id": str(i), "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+    for i, (q, a) in enumerate([("Hello", "Hi there."), ("What is the capital of France?", "Paris."),
+                                ("Write a short poem about the sea.", "The sea is wide and blue, and so are you.")])
+]
+
+
+@pytest.fixture()
+def setup(tiny_tokenizer, tiny_model):
+    tok = copy.deepcopy(tiny_tokenizer)
+    fmt = prepare_tokenizer(tok, "gemma")
+    prepare_model(tiny_model, tok, fmt)
+    return tiny_model, tok, fmt
+
+
+def test_assistant_nll_matches_per_conversation_model_loss(setup):
+    model, tok, _ = setup
+    ds, _ = encode_dataset(CONVS, tok, max_length=None, progress=False)
+    per_conv, mean = assistant_nll(model, ds, batch_size=2, progress=False)
+    for row, (nll_sum, n) in zip(ds, per_conv):
+        ids = torch.tensor([row["input_ids"]])
+        labels = torch.where(torch.tensor([row["assistant_masks"]]) == 1, ids, -100)
+        with torch.no_grad():
+            expected = model(input_ids=ids, labels=labels).loss.item()
+        assert n == sum(row["assistant_masks"][1:]) and nll_sum / n == pytest.approx(expected, abs=1e-4)
+    assert mean == pytest.approx(sum(s for s, _ in per_conv) / sum(n for _, n in per_conv))
+
+
+def test_batched_generation_equals_one_at_a_time(setup):
+    model, tok, fmt = setup
+    prompts = [chat_prompt_ids(tok, c["messages"][:1]) for c in CONVS]
+    kw = dict(stop_ids=fmt.eos_token_ids, max_new_tokens=8, progress=False)
+    batched = generate_replies(model, tok, prompts, batch_size=3, **kw)
+    single = [generate_replies(model, tok, [p], batch_size=1, **kw)[0] for p in prompts]
+    assert batched == single
+
+
+def test_stop_flag_and_text_end_before_the_stop_token(setup):
+    model, tok, fmt = setup
+    with torch.no_grad():  # a model that always says "<end_of_turn>" after one token
+        head = model.get_output_embeddings()
+        model.lm_head = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+        model.lm_head.weight.zero_()
+        model.lm_head.bias.fill_(-10.0)
+        model.lm_head.bias[fmt.end_of_turn_id] = 10.0
+    out = generate_replies(model, tok, [chat_prompt_ids(tok, CONVS[0]["messages"][:1])],
+                           stop_ids=fmt.eos_token_ids, max_new_tokens=8, progress=False)[0]
+    assert out == {"text": "", "stopped": True, "n_tokens": 0}
+
+
+def test_continuation_prompt_has_no_template(setup):
+    _, tok, _ = setup
+    ids = continuation_prompt_ids(tok, [{"role": "user", "content": "Once upon a time <start_of_turn>"}])
+    text = tok.decode(ids)
+    assert text.startswith("<bos>Once upon a time") and tok.convert_tokens_to_ids("<start_of_turn>") not in ids

@@ -1,0 +1,101 @@
+"""Training pieces: the labelled-position loss, LoRA/SFT config building, dataset encoding."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from sftlab.chat import prepare_model, prepare_tokenizer
+from sftlab.errors import ConfigError
+from sftlab.train import (
+    build_lora_config,
+    build_sft_config,
+    encode_dataset,
+    labelled_position_loss,
+    resolve_token_indices,
+)
+
+
+@pytest.fixture()
+def chat_setup(tiny_tokenizer, tiny_model):
+    tok = copy.deepcopy(tiny_tokenizer)
+    fmt = prepare_tokenizer(tok, "gemma")
+    prepare_model(tiny_model, tok, fmt)
+    return tiny_model, tok, fmt
+
+
+def _batch(tok, convs):
+    ds, _ = encode_dataset(convs, tok, max_length=None, progress=False)
+    width = max(len(x) for x in ds["input_ids"])
+    ids = torch.full((len(ds), width), tok.pad_token_id)
+    attn = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for r, (x, m) in enumerate(zip(ds["input_ids"], ds["assistant_masks"])):
+        ids[r, : len(x)] = torch.tensor(x)
+        attn[r, : len(x)] = 1
+        labels[r, : len(x)] = torch.where(torch.tensor(m) == 1, torch.tensor(x), -100)
+    return {"input_ids": ids, "attention_mask": attn, "labels": labels}
+
+
+CONVS = [
+    {"id": "a", "messages": [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": "Hi."}]},
+    {"id": "b", "messages": [{"role": "user", "content": "What is the capital of France?"},
+                             {"role": "assistant", "content": "The capital of France is Paris."}]},
+]
+
+
+def test_labelled_position_loss_equals_full_cross_entropy(chat_setup):
+    model, tok, _ = chat_setup
+    batch = _batch(tok, CONVS)
+    with torch.no_grad():
+        reference = model(**batch).loss  # transformers' own shifted mean CE over labelled tokens
+        ours = labelled_position_loss(model, batch)
+    assert torch.allclose(ours, reference, atol=1e-5)
+
+
+def test_labelled_position_loss_with_lora_and_trainable_end_of_turn(chat_setup):
+    from peft import get_peft_model
+
+    model, tok, fmt = chat_setup
+    lora = build_lora_config({"r": 4, "lora_alpha": 8, "target_modules": "all-linear",
+                              "trainable_token_indices": ["<end_of_turn>"]}, tok, fmt)
+    peft_model = get_peft_model(model, lora)
+    batch = _batch(tok, CONVS)
+    with torch.no_grad():
+        reference = peft_model(**batch).loss
+    loss = labelled_position_loss(peft_model, batch)
+    assert torch.allclose(loss.detach(), reference, atol=1e-5)
+    loss.backward()
+    token_grads = [p.grad for n, p in peft_model.named_parameters() if "token_adapter" in n and p.grad is not None]
+    assert token_grads and any(g.abs().sum() > 0 for g in token_grads)  # the <end_of_turn> row learns
+
+
+def test_trainable_tokens_by_name_and_unknown_name(chat_setup):
+    _, tok, _ = chat_setup
+    assert resolve_token_indices(["<end_of_turn>", 3], tok) == [tok.convert_tokens_to_ids("<end_of_turn>"), 3]
+    with pytest.raises(ConfigError, match="<nope>"):
+        resolve_token_indices(["<nope>"], tok)
+
+
+def test_new_template_tokens_always_get_trainable_embeddings(tiny_tokenizer):
+    tok = copy.deepcopy(tiny_tokenizer)
+    fmt = prepare_tokenizer(tok, "chatml", allow_new_tokens=True)
+    lora = build_lora_config({"r": 4, "target_modules": ["q_proj"]}, tok, fmt)
+    assert sorted(lora.trainable_token_indices) == sorted(fmt.new_token_ids)
+
+
+def test_sft_config_refuses_trl_assistant_only_loss(tmp_path):
+    with pytest.raises(ConfigError, match="assistant_only_loss"):
+        build_sft_config({"assistant_only_loss": True}, tmp_path, seed=0)
+    cfg = build_sft_config({"learning_rate": 1e-3, "bf16": False}, tmp_path, seed=7)
+    assert cfg.learning_rate == 1e-3 and cfg.seed == 7 and cfg.report_to in ("none", [], ["none"])
+
+
+def test_encoding_skips_and_counts_conversations_over_max_length(chat_setup):
+    _, tok, _ = chat_setup
+    ds, skipped = encode_dataset(CONVS, tok, max_length=20, progress=False)
+    lengths = [len(x) for x in encode_dataset(CONVS, tok, max_length=None, progress=False)[0]["input_ids"]]
+    assert len(ds) == sum(n <= 20 for n in lengths)
+    assert skipped["longer_than_max_length"] == sum(n > 20 for n in lengths) > 0
