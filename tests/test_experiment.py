@@ -56,7 +56,8 @@ def test_tiny_run_writes_complete_results(tiny_recipe, tmp_path):
     assert out == tmp_path / "results" / "tiny"
     for name in FILES:
         assert (out / name).exists(), name
-    assert not list((tmp_path / "results").glob(".tmp-*"))  # the temporary folder was renamed
+    assert not list((tmp_path / "results").glob(".work-*"))  # the work folder was renamed
+    assert not list(out.glob("stage_*")) and not (out / "checkpoints").exists()
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["systems"]) == {"base_continuation", "base_chat", "sft", "reference"}

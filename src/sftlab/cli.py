@@ -31,7 +31,7 @@ def _cmd_data(args) -> int:
 def _cmd_run(args) -> int:
     from .experiment import run_experiment
 
-    out = run_experiment(args.config, results_root=args.results, progress=not args.quiet)
+    out = run_experiment(args.config, results_root=args.results, progress=not args.quiet, resume=args.resume)
     print(out)
     return 0
 
@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="a run recipe, e.g. configs/default.yaml")
     run.add_argument("--results", default="results", help="folder that receives NAME/ (default: results)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run of the same config from its last checkpoint")
     run.set_defaults(func=_cmd_run)
     return parser
 

@@ -10,8 +10,9 @@ Everything the book shows comes from the files this writes:
   lora_norms.jsonl    the LoRA update's norm per layer and module
   adapter/            the LoRA adapter in standard PEFT format
 
-Results are written to a temporary folder that is renamed at the end, so a crash
-never leaves a half-written results/NAME/.
+Results are written to results/.work-NAME/, which is renamed to results/NAME/ at the
+end, so a crash never leaves a half-written results/NAME/; `sftlab run CONFIG --resume`
+continues an interrupted run from its finished stages and last training checkpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 import yaml
 
 from .config import config_hash, load_config, section
+from .errors import ConfigError
 from .evaluate import (
     adapter_disabled,
     assistant_nll,
@@ -125,9 +127,67 @@ def _write_jsonl(path: Path, rows) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def run_experiment(config_path: str | Path, *, results_root: str | Path = "results", progress: bool = True) -> Path:
-    """Run a recipe end to end; returns the results folder."""
-    import torch
+def _work_dir(results_root: Path, name: str, config: dict, resume: bool) -> Path:
+    """The run's working folder: fresh, or the interrupted one when resuming the same config."""
+    work = results_root / f".work-{name}"
+    stamp = work / "config_hash"
+    if resume and work.exists():
+        if not stamp.exists() or stamp.read_text().strip() != config_hash(config):
+            raise ConfigError(
+                f"cannot resume: {work} was started with a different config; run again without --resume"
+            )
+        _log(f"resuming from {work}")
+        return work
+    if resume:
+        _log(f"nothing to resume in {work}; starting afresh")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    stamp.write_text(config_hash(config))
+    return work
+
+
+class _Stages:
+    """Finished stages of a run, saved as JSON in the work folder so `--resume` skips them."""
+
+    def __init__(self, work: Path):
+        self.work = work
+
+    def get(self, name: str):
+        path = self.work / f"stage_{name}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def put(self, name: str, value) -> None:
+        tmp = self.work / f"stage_{name}.json.tmp"
+        tmp.write_text(json.dumps(value))
+        tmp.rename(self.work / f"stage_{name}.json")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows after `step`: training repeats them when it resumes from that checkpoint."""
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        path.write_text("".join(r + "\n" for r in rows))
+
+
+def _last_checkpoint(folder: Path) -> Path | None:
+    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if folder.exists() else []
+    return found[-1] if found else None
+
+
+def run_experiment(
+    config_path: str | Path,
+    *,
+    results_root: str | Path = "results",
+    progress: bool = True,
+    resume: bool = False,
+) -> Path:
+    """Run a recipe end to end; returns the results folder.
+
+    With `resume=True` an interrupted run of the same config continues: finished
+    stages (base evaluation, training, later evaluations) are read back from
+    `results/.work-NAME/`, and training restarts from its last checkpoint
+    (`training.save_steps` sets how often one is written).
+    """
     from transformers import set_seed
 
     from . import ifeval as ifeval_mod
@@ -146,8 +206,9 @@ def run_experiment(config_path: str | Path, *, results_root: str | Path = "resul
     eval_cfg = {**EVAL_DEFAULTS, **section(config, "evaluation")}
     results_root = Path(results_root)
     results_root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile_dir(results_root, name))
-    timings: dict[str, float] = {}
+    work = _work_dir(results_root, name, config, resume)
+    stages = _Stages(work)
+    timings: dict[str, float] = stages.get("timings") or {}
     try:
         set_seed(seed)
         (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -170,66 +231,93 @@ def run_experiment(config_path: str | Path, *, results_root: str | Path = "resul
         report["encoding_skipped"] = {"train": dict(train_skips), "eval": dict(eval_skips)}
         (work / "data_report.json").write_text(json.dumps(report, indent=2, default=str))
         timings["data_s"] = time.time() - t
-        heldout = [c for c in prepared.eval if str(c["id"]) in set(eval_ds["id"])][: int(eval_cfg["heldout_size"])]
+        kept_eval_ids = set(eval_ds["id"])
+        heldout = [c for c in prepared.eval if str(c["id"]) in kept_eval_ids][: int(eval_cfg["heldout_size"])]
 
         # Held-out prompts: each conversation up to its last user turn; the reference is the last reply.
         heldout_prompts = [c["messages"][:-1] for c in heldout]
         heldout_refs = [c["messages"][-1]["content"] for c in heldout]
         if_records = ifeval_mod.load_prompts() if eval_cfg["ifeval"] else []
         if_prompts = [[{"role": "user", "content": r["prompt"]}] for r in if_records]
-        gen_kw = dict(stop_ids=fmt.eos_token_ids, max_new_tokens=int(eval_cfg["max_new_tokens"]),
-                      batch_size=int(eval_cfg["batch_size"]), progress=progress)
+        gen_kw = dict(max_new_tokens=int(eval_cfg["max_new_tokens"]), batch_size=int(eval_cfg["batch_size"]),
+                      progress=progress)
         systems = list(eval_cfg["systems"])
-        replies: dict[str, dict[str, list[dict]]] = {}
-        losses: dict[str, dict] = {}
 
-        def evaluate_chat_model(label, mdl, tok, prompt_fn):
+        def evaluate_system(label, mdl, tok, prompt_fn, stop_ids):
+            """Replies of one system to both prompt sets (read back if a resumed run has them)."""
+            done = stages.get(f"replies_{label}")
+            if done is not None:
+                return done
             t = time.time()
             out = {
                 "heldout": generate_replies(mdl, tok, [prompt_fn(tok, p) for p in heldout_prompts],
-                                            desc=f"{label}: held-out", **gen_kw),
+                                            stop_ids=stop_ids, desc=f"{label}: held-out", **gen_kw),
                 "ifeval": generate_replies(mdl, tok, [prompt_fn(tok, p) for p in if_prompts],
-                                           desc=f"{label}: ifeval", **gen_kw) if if_prompts else [],
+                                           stop_ids=stop_ids, desc=f"{label}: ifeval", **gen_kw) if if_prompts else [],
             }
             timings[f"generate_{label}_s"] = time.time() - t
-            replies[label] = out
+            stages.put(f"replies_{label}", out)
+            stages.put("timings", timings)
+            return out
+
+        def heldout_loss(label, mdl):
+            done = stages.get(f"loss_{label}")
+            if done is None:
+                t = time.time()
+                per_conv, mean = assistant_nll(mdl, eval_ds, max_batches=eval_cfg["loss_batches"], progress=progress)
+                done = {"per_conversation": per_conv, "mean_nll": mean}
+                timings[f"loss_{label}_s"] = time.time() - t
+                stages.put(f"loss_{label}", done)
+            return done
+
+        replies: dict[str, dict] = {}
+        losses: dict[str, dict] = {}
 
         # The base model, before training (the adapter does not exist yet).
         model.eval()
         if "base_continuation" in systems:
             _log("evaluating base model as plain continuation")
-            evaluate_chat_model("base_continuation", model, tokenizer, continuation_prompt_ids)
+            replies["base_continuation"] = evaluate_system(
+                "base_continuation", model, tokenizer, continuation_prompt_ids, fmt.eos_token_ids)
         if "base_chat" in systems:
             _log("evaluating base model with the chat template")
-            evaluate_chat_model("base_chat", model, tokenizer, chat_prompt_ids)
-        t = time.time()
-        per_conv, mean = assistant_nll(model, eval_ds, max_batches=eval_cfg["loss_batches"], progress=progress)
-        losses["base_chat"] = {"per_conversation": per_conv, "mean_nll": mean}
-        timings["loss_base_s"] = time.time() - t
+            replies["base_chat"] = evaluate_system("base_chat", model, tokenizer, chat_prompt_ids, fmt.eos_token_ids)
+        losses["base_chat"] = heldout_loss("base_chat", model)
 
-        _log("training LoRA")
-        model.train()
-        peft_model, train_stats = train_lora(
-            model, tokenizer, fmt, train_ds, eval_ds, config, work, work / "train_log.jsonl"
-        )
-        timings["train_s"] = train_stats["train_wall_s"]
-        peft_model.save_pretrained(work / "adapter")
-        tokenizer.save_pretrained(work / "adapter")
+        train_stats = stages.get("train")
+        if train_stats is None:
+            _log("training LoRA")
+            model.train()
+            checkpoint = _last_checkpoint(work / "checkpoints") if resume else None
+            if checkpoint is not None:
+                _log(f"continuing training from {checkpoint}")
+                _truncate_log(work / "train_log.jsonl", int(checkpoint.name.split("-")[-1]))
+            peft_model, train_stats = train_lora(
+                model, tokenizer, fmt, train_ds, eval_ds, config, work, work / "train_log.jsonl",
+                resume_from_checkpoint=checkpoint,
+            )
+            timings["train_s"] = train_stats["train_wall_s"]
+            peft_model.save_pretrained(work / "adapter")
+            tokenizer.save_pretrained(work / "adapter")
+            _write_jsonl(work / "lora_norms.jsonl", lora_update_norms(peft_model))
+            stages.put("train", train_stats)
+            stages.put("timings", timings)
+        else:
+            from peft import PeftModel
+
+            _log("training finished before the interruption; loading its adapter")
+            peft_model = PeftModel.from_pretrained(model, work / "adapter")
         shutil.rmtree(work / "checkpoints", ignore_errors=True)
-        _write_jsonl(work / "lora_norms.jsonl", lora_update_norms(peft_model))
 
         peft_model.eval()
         _log("evaluating the LoRA SFT model")
-        t = time.time()
-        per_conv, mean = assistant_nll(peft_model, eval_ds, max_batches=eval_cfg["loss_batches"], progress=progress)
-        losses["sft"] = {"per_conversation": per_conv, "mean_nll": mean}
-        timings["loss_sft_s"] = time.time() - t
+        losses["sft"] = heldout_loss("sft", peft_model)
         if "sft" in systems:
             # Merged weights generate at base-model speed; unmerged LoRA and the trainable-token
             # wrapper on the 262k-row output layer add work at every decoding step.
             merged = peft_model.merge_and_unload()
             merged.eval()
-            evaluate_chat_model("sft", merged, tokenizer, chat_prompt_ids)
+            replies["sft"] = evaluate_system("sft", merged, tokenizer, chat_prompt_ids, fmt.eos_token_ids)
             del merged
         del peft_model, model
 
@@ -239,15 +327,8 @@ def run_experiment(config_path: str | Path, *, results_root: str | Path = "resul
             ref_fmt = prepare_tokenizer(ref_tok, model_cfg.get("reference_template", "native"))
             prepare_model(ref_model, ref_tok, ref_fmt)
             ref_model.eval()
-            ref_kw = dict(gen_kw, stop_ids=ref_fmt.eos_token_ids)
-            t = time.time()
-            replies["reference"] = {
-                "heldout": generate_replies(ref_model, ref_tok, [chat_prompt_ids(ref_tok, p) for p in heldout_prompts],
-                                            desc="reference: held-out", **ref_kw),
-                "ifeval": generate_replies(ref_model, ref_tok, [chat_prompt_ids(ref_tok, p) for p in if_prompts],
-                                           desc="reference: ifeval", **ref_kw) if if_prompts else [],
-            }
-            timings["generate_reference_s"] = time.time() - t
+            replies["reference"] = evaluate_system("reference", ref_model, ref_tok, chat_prompt_ids,
+                                                   ref_fmt.eos_token_ids)
             del ref_model
 
         _log("scoring")
@@ -266,6 +347,7 @@ def run_experiment(config_path: str | Path, *, results_root: str | Path = "resul
             metrics["systems"][label] = entry
         for label, loss in losses.items():
             rows = [[s, n] for s, n in loss["per_conversation"] if n > 0]
+
             def pooled(rows):
                 rows = np.asarray(rows)
                 return float(rows[:, 0].sum() / rows[:, 1].sum())
@@ -302,11 +384,14 @@ def run_experiment(config_path: str | Path, *, results_root: str | Path = "resul
             "hardware": _hardware(),
             "timings_s": {k: round(v, 1) for k, v in timings.items()},
             "wall_s": round(time.time() - t0, 1),
+            "resumed": bool(resume),
             "training": train_stats,
             "chat_format": {"template": fmt.template, "end_of_turn": fmt.end_of_turn,
                             "eos_token_ids": fmt.eos_token_ids, "pad_token_id": fmt.pad_token_id},
         }
         (work / "run.json").write_text(json.dumps(run, indent=2))
+        for leftover in [*work.glob("stage_*.json"), work / "config_hash"]:
+            leftover.unlink()
         final = results_root / name
         if final.exists():
             old = results_root / f".old-{name}-{os.getpid()}"
@@ -318,11 +403,6 @@ def run_experiment(config_path: str | Path, *, results_root: str | Path = "resul
         _log(f"done in {run['wall_s']:.0f} s: {final}")
         return final
     except BaseException:
-        _log(f"run failed; partial files left in {work} (results/{name} untouched)")
+        _log(f"run stopped; its work so far is in {work} (results/{name} untouched); "
+             f"continue it with: sftlab run {config_path} --resume")
         raise
-
-
-def tempfile_dir(root: Path, name: str) -> str:
-    import tempfile
-
-    return tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root)

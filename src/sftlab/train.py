@@ -9,7 +9,6 @@ loss is assistant-only without TRL re-rendering the template.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -95,7 +94,10 @@ def build_sft_config(training_cfg: dict, output_dir: Path, seed: int):
     cfg.setdefault("report_to", "none")
     cfg.setdefault("seed", seed)
     cfg.setdefault("data_seed", seed)
-    cfg.setdefault("save_strategy", "no")
+    # Checkpoints let `sftlab run --resume` continue an interrupted run; LoRA checkpoints are small.
+    cfg.setdefault("save_strategy", "steps")
+    cfg.setdefault("save_steps", 25)
+    cfg.setdefault("save_total_limit", 2)
     cfg.setdefault("logging_steps", 1)
     return SFTConfig(output_dir=str(output_dir), **cfg)
 
@@ -118,20 +120,6 @@ def _log_callback(path: Path):
                 f.write(json.dumps(record) + "\n")
 
     return JsonlLog()
-
-
-def _nonfinite_guard():
-    from transformers import TrainerCallback
-
-    class StopOnNonFinite(TrainerCallback):
-        """A NaN or infinite loss stops the run, naming the step, instead of training on garbage."""
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss} at step {state.global_step}; run stopped")
-
-    return StopOnNonFinite()
 
 
 def labelled_position_loss(model, inputs, num_items_in_batch=None):
@@ -172,6 +160,12 @@ def _trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             with self.accelerator.autocast():
                 loss = labelled_position_loss(model, inputs, num_items_in_batch)
+            if model.training and not bool(loss.detach().isfinite()):
+                # Checked here, not in the logs: Trainer's logging_nan_inf_filter hides NaN losses.
+                raise FloatingPointError(
+                    f"training loss became {loss.item()} at step {self.state.global_step + 1}; run stopped "
+                    "(lower training.learning_rate or check the data)"
+                )
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes
             return (loss, None) if return_outputs else loss
@@ -179,8 +173,23 @@ def _trainer_class():
     return SftlabTrainer
 
 
-def train_lora(model, tokenizer, fmt: ChatFormat, train_ds, eval_ds, config: dict, work_dir: Path, log_path: Path):
-    """Wrap `model` with LoRA and train it with SFTTrainer; returns (peft_model, stats dict)."""
+def train_lora(
+    model,
+    tokenizer,
+    fmt: ChatFormat,
+    train_ds,
+    eval_ds,
+    config: dict,
+    work_dir: Path,
+    log_path: Path,
+    *,
+    resume_from_checkpoint: Path | None = None,
+):
+    """Wrap `model` with LoRA and train it with SFTTrainer; returns (peft_model, stats dict).
+
+    With `resume_from_checkpoint`, training continues from that checkpoint: the Trainer
+    restores the adapter, optimizer, scheduler, RNG states and position in the data.
+    """
     seed = int(config.get("seed", 0))
     lora = build_lora_config(config.get("lora") or {}, tokenizer, fmt)
     args = build_sft_config(config.get("training") or {}, work_dir / "checkpoints", seed)
@@ -191,7 +200,7 @@ def train_lora(model, tokenizer, fmt: ChatFormat, train_ds, eval_ds, config: dic
         eval_dataset=eval_ds if args.eval_strategy != "no" else None,
         processing_class=tokenizer,
         peft_config=lora,
-        callbacks=[_log_callback(log_path), _nonfinite_guard()],
+        callbacks=[_log_callback(log_path)],
     )
     peft_model = trainer.model
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
@@ -199,7 +208,7 @@ def train_lora(model, tokenizer, fmt: ChatFormat, train_ds, eval_ds, config: dic
     n_train_tokens = sum(len(x) for x in train_ds["input_ids"])
     n_assistant_tokens = sum(sum(x) for x in train_ds["assistant_masks"]) if "assistant_masks" in train_ds.column_names else None
     start = time.time()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(resume_from_checkpoint) if resume_from_checkpoint else None)
     wall = time.time() - start
     epochs = float(args.num_train_epochs) if args.max_steps <= 0 else None
     stats = {

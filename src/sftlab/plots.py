@@ -1,0 +1,333 @@
+"""Altair chart builders for the book: `chart_*` functions take loaded results and return a chart.
+
+Chapters display them with `sftlab.figures.show_chart` (interactive HTML + static PNG).
+Every chart uses the same order, names and colours for the four systems
+(`SYSTEM_COLORS`, colour-blind-safe Okabe-Ito hues), so a reader learns them once.
+Data is aggregated here with pandas before it reaches Altair, which keeps the HTML
+small and under Altair's 5,000-row limit whatever the size of the run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from .report import (
+    HELDOUT_METRICS,
+    IFEVAL_METRICS,
+    SYSTEM_LABELS,
+    SYSTEMS,
+    Results,
+    label,
+    metric_entry,
+)
+
+SYSTEM_COLORS = {
+    "base_continuation": "#8c8c8c",  # grey: the model as pretrained
+    "base_chat": "#e69f00",  # orange: same weights, chat template
+    "sft": "#0072b2",  # blue: after LoRA SFT
+    "reference": "#009e73",  # green: a published post-trained model
+}
+WIDTH = 560  # fits the book's text column
+
+
+def system_scale(systems=None) -> alt.Scale:
+    """Colour scale keyed by readable system labels, in the book's order."""
+    systems = [s for s in SYSTEMS if systems is None or s in systems]
+    return alt.Scale(domain=[SYSTEM_LABELS[s] for s in systems], range=[SYSTEM_COLORS[s] for s in systems])
+
+
+def _system_order(systems) -> list[str]:
+    return [label(s) for s in SYSTEMS if s in systems]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _reason_bars(counts: dict, title: str, x_title: str, highlight: dict | None = None) -> alt.Chart:
+    """Horizontal bars of counts by reason, largest first, each labelled with its count."""
+    rows = [{"reason": k, "count": int(v), "kind": "dropped"} for k, v in counts.items()]
+    rows += [{"reason": k, "count": int(v), "kind": "kept"} for k, v in (highlight or {}).items()]
+    df = pd.DataFrame(rows, columns=["reason", "count", "kind"])
+    order = df.sort_values("count", ascending=False)["reason"].tolist()
+    base = alt.Chart(df).encode(
+        y=alt.Y("reason:N", sort=order, title=None),
+        x=alt.X("count:Q", title=x_title),
+        tooltip=["reason", alt.Tooltip("count:Q", format=",")],
+    )
+    bars = base.mark_bar().encode(
+        color=alt.Color("kind:N", scale=alt.Scale(domain=["dropped", "kept"], range=["#c44e52", "#4c72b0"]),
+                        legend=alt.Legend(title=None, orient="bottom-right") if highlight else None)
+    )
+    text = base.mark_text(align="left", dx=3).encode(text=alt.Text("count:Q", format=","))
+    return (bars + text).properties(title=title, width=WIDTH - 160, height=alt.Step(22))
+
+
+def chart_skip_reasons(report: dict) -> alt.Chart:
+    """Records the loader could not use, by reason, next to the valid conversations kept."""
+    return _reason_bars(report.get("skipped") or {}, "Loading: records skipped, by reason",
+                        "records", highlight={"valid conversation": report.get("n_loaded", 0)})
+
+
+def chart_filter_rejects(report: dict) -> alt.Chart:
+    """Valid conversations the filters rejected, by first failing filter, next to those kept."""
+    return _reason_bars(report.get("rejected") or {}, "Filtering: conversations rejected, by first failing filter",
+                        "conversations", highlight={"kept": report.get("n_kept", 0)})
+
+
+def chart_turns(report: dict) -> alt.Chart:
+    """How many assistant replies the kept conversations have."""
+    hist = report.get("turns_histogram") or {}
+    df = pd.DataFrame([{"turns": int(k), "conversations": int(v)} for k, v in hist.items()],
+                      columns=["turns", "conversations"])
+    base = alt.Chart(df).encode(
+        x=alt.X("turns:O", title="assistant replies per conversation"),
+        y=alt.Y("conversations:Q", title="kept conversations"),
+        tooltip=["turns", alt.Tooltip("conversations:Q", format=",")],
+    )
+    return (base.mark_bar(color="#4c72b0") + base.mark_text(dy=-6).encode(text=alt.Text("conversations:Q", format=",")))\
+        .properties(title="Turns per kept conversation", width=WIDTH - 200, height=200)
+
+
+def chart_token_lengths(report: dict, bins: int = 30) -> alt.Chart:
+    """Histogram of the kept conversations' token lengths, with the median and the max_tokens filter."""
+    lengths = np.asarray((report.get("raw") or {}).get("token_lengths") or [], dtype=float)
+    if len(lengths):
+        counts, edges = np.histogram(lengths, bins=min(bins, max(1, len(np.unique(lengths)))))
+    else:
+        counts, edges = np.array([]), np.array([0.0])
+    df = pd.DataFrame({"start": edges[:-1], "end": edges[1:], "conversations": counts})
+    bars = alt.Chart(df).mark_bar(color="#4c72b0", binSpacing=1).encode(
+        x=alt.X("start:Q", bin="binned", title="tokens per conversation (approximate: text without template)"),
+        x2="end:Q",
+        y=alt.Y("conversations:Q", title="kept conversations"),
+        tooltip=[alt.Tooltip("start:Q", format=".0f", title="from"), alt.Tooltip("end:Q", format=".0f", title="to"),
+                 "conversations:Q"],
+    )
+    marks = []
+    if len(lengths):
+        marks.append({"at": float(np.median(lengths)), "what": "median"})
+    cap = (report.get("filters") or {}).get("max_tokens")
+    if cap:
+        marks.append({"at": float(cap), "what": "max_tokens filter"})
+    chart = bars
+    if marks:
+        rules = alt.Chart(pd.DataFrame(marks)).mark_rule(strokeDash=[4, 3]).encode(
+            x="at:Q", color=alt.Color("what:N", scale=alt.Scale(range=["#333333", "#c44e52"]),
+                                      legend=alt.Legend(title=None, orient="top-right")),
+            tooltip=["what", alt.Tooltip("at:Q", format=".0f")],
+        )
+        chart = bars + rules
+    return chart.properties(title="Token length of kept conversations", width=WIDTH, height=220)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def smooth(values: pd.Series, window: int | None = None) -> pd.Series:
+    """Centred rolling mean over `window` points (default: a tenth of the series, odd, at least 1)."""
+    n = len(values)
+    window = window or max(1, (n // 10) | 1)
+    return values.rolling(window, center=True, min_periods=1).mean()
+
+
+def chart_loss_curve(results: Results, window: int | None = None, heldout: bool = True) -> alt.Chart:
+    """Training loss by step (raw points, smoothed line), eval loss if logged, and the held-out
+    loss of the base and trained models as dashed reference lines."""
+    log = results.train_log
+    layers = []
+    if not log.empty and "loss" in log:
+        train = log.dropna(subset=["loss"])[["step", "loss"]].copy()
+        w = window or max(1, (len(train) // 10) | 1)
+        train["smoothed"] = smooth(train["loss"], w)
+        pts = train.assign(series="train loss (each step)")
+        line = train.assign(series=f"train loss (mean of {w} steps)", loss=train["smoothed"])
+        layers.append(pts)
+        layers.append(line)
+    if not log.empty and "eval_loss" in log:
+        ev = log.dropna(subset=["eval_loss"])[["step", "eval_loss"]].rename(columns={"eval_loss": "loss"})
+        layers.append(ev.assign(series="eval-split loss"))
+    df = pd.concat(layers, ignore_index=True) if layers else pd.DataFrame(columns=["step", "loss", "series"])
+    df = df[["step", "loss", "series"]]
+    series = list(dict.fromkeys(df["series"]))
+    palette = {"train loss (each step)": "#9ecae1", "eval-split loss": "#d62728"}
+    colors = alt.Scale(domain=series, range=[palette.get(s, "#0072b2") for s in series])
+    base = alt.Chart(df).encode(
+        x=alt.X("step:Q", title="optimizer step"),
+        y=alt.Y("loss:Q", title="loss (nats per learned token)", scale=alt.Scale(zero=False)),
+        color=alt.Color("series:N", scale=colors, legend=alt.Legend(title=None, orient="top-right")),
+        tooltip=["series", "step", alt.Tooltip("loss:Q", format=".3f")],
+    )
+    chart = (base.mark_circle(size=18, opacity=0.6).transform_filter(alt.datum.series == "train loss (each step)")
+             + base.mark_line(strokeWidth=2.5).transform_filter(alt.datum.series != "train loss (each step)"))
+    ev_pts = base.mark_point(filled=True, size=40).transform_filter(alt.datum.series == "eval-split loss")
+    chart = chart + ev_pts
+    if heldout and results.metrics.get("heldout_loss"):
+        rules = pd.DataFrame([{"loss": v["mean_nll"], "who": f"held-out loss, {label(s)}"}
+                              for s, v in results.metrics["heldout_loss"].items() if v.get("mean_nll") is not None])
+        if len(rules):
+            chart = chart + alt.Chart(rules).mark_rule(strokeDash=[6, 4], color="#555555").encode(
+                y="loss:Q", tooltip=["who", alt.Tooltip("loss:Q", format=".3f")])
+            chart = chart + alt.Chart(rules).mark_text(align="left", baseline="bottom", dx=4, dy=-2,
+                                                       color="#555555", fontSize=10).encode(
+                y="loss:Q", x=alt.value(0), text="who")
+    return chart.properties(title="Training loss", width=WIDTH, height=260)
+
+
+def chart_learning_rate(results: Results) -> alt.Chart:
+    """The learning-rate schedule the optimizer followed (warm-up, then decay)."""
+    log = results.train_log
+    df = log.dropna(subset=["learning_rate"])[["step", "learning_rate"]] if "learning_rate" in log else \
+        pd.DataFrame(columns=["step", "learning_rate"])
+    return alt.Chart(df).mark_line(color="#555555", point=alt.OverlayMarkDef(size=12)).encode(
+        x=alt.X("step:Q", title="optimizer step"),
+        y=alt.Y("learning_rate:Q", title="learning rate", axis=alt.Axis(format=".1e")),
+        tooltip=["step", alt.Tooltip("learning_rate:Q", format=".2e")],
+    ).properties(title="Learning-rate schedule", width=WIDTH, height=160)
+
+
+def chart_lora_norms(results: Results, relative: bool = True) -> alt.Chart:
+    """Heatmap of the size of each LoRA update (‖scale·B·A‖, relative to the frozen weight) by layer and module."""
+    norms = results.lora_norms
+    value = "relative_norm" if relative else "norm"
+    df = norms.dropna(subset=["layer"])[["layer", "module", value]].copy() if len(norms) else \
+        pd.DataFrame(columns=["layer", "module", value])
+    modules = [m for m in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+               if m in set(df["module"])] + sorted(set(df["module"]) - {"q_proj", "k_proj", "v_proj", "o_proj",
+                                                                       "gate_proj", "up_proj", "down_proj"})
+    title = "‖ΔW‖ / ‖W‖" if relative else "‖ΔW‖"
+    return alt.Chart(df).mark_rect().encode(
+        x=alt.X("layer:O", title="layer"),
+        y=alt.Y("module:N", sort=modules, title=None),
+        color=alt.Color(f"{value}:Q", title=title, scale=alt.Scale(scheme="blues")),
+        tooltip=["layer", "module", alt.Tooltip(f"{value}:Q", format=".4f")],
+    ).properties(title="Where training changed the model: size of each LoRA update", width=WIDTH - 60, height=170)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def metric_frame(results: Results, set: str = "heldout", metrics=None) -> pd.DataFrame:
+    """One row per (metric, system): value and 95% interval (NaN where there is none)."""
+    specs = {"heldout": HELDOUT_METRICS, "ifeval": IFEVAL_METRICS}[set]
+    if metrics is not None:
+        specs = [m for m in specs if m.key in metrics]
+    rows = []
+    for m in specs:
+        for s in results.systems:
+            e = metric_entry(results, s, m.key, set)
+            if not e or e.get("value") is None:
+                continue
+            ci = e.get("ci") or [math.nan, math.nan]
+            scale = 100.0 if m.kind == "rate" else 1.0
+            rows.append({"metric": m.label + (" (%)" if m.kind == "rate" else ""), "system": label(s),
+                         "value": e["value"] * scale, "lo": ci[0] * scale, "hi": ci[1] * scale,
+                         "better": f"{m.better} is better" if m.better else ""})
+    return pd.DataFrame(rows, columns=["metric", "system", "value", "lo", "hi", "better"])
+
+
+def chart_metric_comparison(results: Results, set: str = "heldout", metrics=None, columns: int = 3) -> alt.Chart:
+    """One panel per metric: each system's value (dot) and 95% bootstrap interval (bar)."""
+    df = metric_frame(results, set, metrics)
+    order = _system_order(results.systems)
+    scale = system_scale(results.systems)
+    panel_order = list(dict.fromkeys(df["metric"]))
+    base = alt.Chart().encode(
+        y=alt.Y("system:N", sort=order, title=None, axis=alt.Axis(labels=True)),
+        color=alt.Color("system:N", scale=scale, legend=None),
+        tooltip=["system", alt.Tooltip("value:Q", format=".3f"), alt.Tooltip("lo:Q", format=".3f"),
+                 alt.Tooltip("hi:Q", format=".3f"), "better"],
+    )
+    bars = base.mark_rule(strokeWidth=2.5).encode(x=alt.X("lo:Q", title=None, scale=alt.Scale(zero=False)), x2="hi:Q")
+    dots = base.mark_circle(size=70, opacity=1).encode(x="value:Q")
+    return alt.layer(bars, dots, data=df).properties(width=150, height=alt.Step(18)).facet(
+        facet=alt.Facet("metric:N", sort=panel_order, title=None, header=alt.Header(labelFontWeight="bold")),
+        columns=columns,
+    ).resolve_scale(x="independent").properties(
+        title="Before and after, with 95% bootstrap intervals (no bar: a corpus-level statistic)")
+
+
+def chart_ifeval_types(results: Results) -> alt.Chart:
+    """IFEval pass rate per instruction type and system, with 95% intervals."""
+    rows = []
+    for s in results.systems:
+        per_type = ((results.metrics["systems"][s].get("ifeval") or {}).get("per_type") or {})
+        for t, e in per_type.items():
+            ci = e.get("ci") or [math.nan, math.nan]
+            rows.append({"type": f"{t} (n={e.get('n')})", "system": label(s), "value": 100 * e["value"],
+                         "lo": 100 * ci[0], "hi": 100 * ci[1]})
+    df = pd.DataFrame(rows, columns=["type", "system", "value", "lo", "hi"])
+    order = _system_order(results.systems)
+    base = alt.Chart(df).encode(
+        y=alt.Y("type:N", title=None, sort="ascending"),
+        yOffset=alt.YOffset("system:N", sort=order),
+        color=alt.Color("system:N", scale=system_scale(results.systems), sort=order,
+                        legend=alt.Legend(title=None, orient="bottom")),
+        tooltip=["type", "system", alt.Tooltip("value:Q", format=".0f", title="pass %"),
+                 alt.Tooltip("lo:Q", format=".0f"), alt.Tooltip("hi:Q", format=".0f")],
+    )
+    bars = base.mark_bar(opacity=0.85).encode(x=alt.X("value:Q", title="instructions followed (%)",
+                                                      scale=alt.Scale(domain=[0, 100])))
+    err = base.mark_rule(color="black", opacity=0.6).encode(x="lo:Q", x2="hi:Q")
+    return (bars + err).properties(title="IFEval: pass rate by instruction type", width=WIDTH - 180,
+                                   height=alt.Step(max(6, 4 * len(order))))
+
+
+def reply_frame(results: Results, set: str = "heldout") -> pd.DataFrame:
+    """One row per (prompt, system): reply length in words and tokens, and whether it stopped."""
+    from .metrics import count_words
+
+    rows = []
+    for s in results.samples:
+        if s.get("set") != set:
+            continue
+        for system, r in s["replies"].items():
+            rows.append({"id": s["id"], "system": label(system), "words": count_words(r.get("text", "")),
+                         "tokens": r.get("n_tokens"),
+                         "ending": "stopped" if r.get("stopped") else "hit the token limit"})
+    return pd.DataFrame(rows, columns=["id", "system", "words", "tokens", "ending"])
+
+
+def chart_reply_lengths(results: Results, set: str = "heldout") -> alt.Chart:
+    """Each reply's length in words, per system (one dot per reply; filled: it stopped by itself)."""
+    df = reply_frame(results, set)
+    order = _system_order(results.systems)
+    base = alt.Chart(df).encode(
+        y=alt.Y("system:N", sort=order, title=None),
+        x=alt.X("words:Q", title="reply length (words)"),
+    )
+    box = base.mark_boxplot(extent="min-max", opacity=0.35, size=20, color="#999999")
+    dots = base.mark_point(size=28, opacity=0.75).encode(
+        color=alt.Color("system:N", scale=system_scale(results.systems), legend=None),
+        yOffset=alt.YOffset("jitter:Q"),
+        shape=alt.Shape("ending:N", scale=alt.Scale(domain=["stopped", "hit the token limit"],
+                                                    range=["circle", "cross"]),
+                        legend=alt.Legend(title=None, orient="bottom")),
+        tooltip=["id", "system", "words", "tokens", "ending"],
+    ).transform_calculate(jitter="(random() - 0.5) * 16")
+    return (box + dots).properties(title=f"Reply lengths ({'held-out' if set == 'heldout' else 'IFEval'} prompts)",
+                                   width=WIDTH - 140, height=alt.Step(40))
+
+
+def chart_stop_flags(results: Results) -> alt.Chart:
+    """Share of replies that ended by themselves versus ran into the token limit, per system and prompt set."""
+    frames = []
+    for set_ in ("heldout", "ifeval"):
+        df = reply_frame(results, set_)
+        if len(df):
+            frames.append(df.assign(prompts="held-out" if set_ == "heldout" else "IFEval"))
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["system", "ending", "prompts"])
+    counts = df.groupby(["prompts", "system", "ending"]).size().reset_index(name="replies")
+    order = _system_order(results.systems)
+    return alt.Chart(counts).mark_bar().encode(
+        y=alt.Y("system:N", sort=order, title=None),
+        x=alt.X("replies:Q", stack="normalize", title="share of replies", axis=alt.Axis(format="%")),
+        color=alt.Color("ending:N", scale=alt.Scale(domain=["stopped", "hit the token limit"],
+                                                    range=["#1a7f37", "#c44e52"]),
+                        legend=alt.Legend(title=None, orient="bottom")),
+        row=alt.Row("prompts:N", title=None),
+        tooltip=["prompts", "system", "ending", "replies"],
+    ).properties(title="How replies ended", width=WIDTH - 160, height=alt.Step(22))
