@@ -174,6 +174,11 @@ def validate_messages(messages: Any) -> str | None:
     for m in messages:
         if not m["content"].strip():
             return "empty_content"
+    for m in messages:
+        try:
+            m["content"].encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, e.g. from a "\ud800" escape in scraped JSON
+            return "invalid_unicode"
     roles = [m["role"] for m in messages]
     if "system" in roles[1:]:
         return "system_not_first"
@@ -377,7 +382,13 @@ class JsonArrayReader:
             nonlocal buf, pos, base, eof
             data = self.fh.read(self.chunk_size)
             base += len(buf[:pos].encode("utf-8"))
-            buf = buf[pos:] + decoder.decode(data, final=not data)
+            try:
+                text = decoder.decode(data, final=not data)
+            except UnicodeDecodeError as exc:
+                name = getattr(self.fh, "name", "file")
+                raise DataError(f"{name}: not valid UTF-8 near byte {bar.n + exc.start:,}; "
+                                "the file is corrupt (reinstall the package or re-download it)") from exc
+            buf = buf[pos:] + text
             pos = 0
             eof = not data
             bar.update(len(data))
@@ -444,12 +455,17 @@ def _load_jsonl(source: str, path: Path, limit: int | None) -> LoadResult:
     if not path.is_file():
         raise DataError(f"data file not found: {path} (from source {source!r})")
     result = LoadResult(source=source)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for lineno, raw_line in enumerate(f, start=1):
+            if not raw_line.strip():
                 continue  # blank lines are not records (editors add them); not counted as read
             if limit is not None and result.n_read >= limit:
                 break
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError:
+                result.skip("invalid_utf8", f"line {lineno}")
+                continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError:
@@ -460,7 +476,7 @@ def _load_jsonl(source: str, path: Path, limit: int | None) -> LoadResult:
                 continue
             rid = obj.get("id", f"line {lineno}")
             if "messages" in obj:
-                result.add(rid, obj["messages"])
+                result.add(rid, obj["messages"] if isinstance(obj["messages"], list) else None)
             elif "conversations" in obj:
                 result.add(rid, sharegpt_to_messages(obj["conversations"]))
             else:
@@ -504,7 +520,8 @@ def _load_hub(source: str, name: str, split: str, limit: int | None) -> LoadResu
         )
     result = LoadResult(source=source)
     for index, row in enumerate(itertools.islice(ds, limit)):
-        result.add(row.get("id") or index, row["messages"])
+        messages = row["messages"]
+        result.add(row.get("id") or index, messages if isinstance(messages, list) else None)
     return result
 
 
