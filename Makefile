@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/default.yaml
 RESULTS := results/default/metrics.json
 
-.PHONY: all install test test-fast data experiment notebooks book bench clean
+.PHONY: all install test test-fast data experiment notebooks check-notebooks execute-notebooks book bench clean
 
 all: install $(RESULTS) notebooks book
 
@@ -46,6 +46,13 @@ $(RESULTS): | install
 notebooks: install
 	$(PY) -m sftlab.notebooks export
 
+check-notebooks: install
+	$(PY) -m sftlab.notebooks export --check
+	$(PY) -m sftlab.notebooks badges
+
+execute-notebooks: notebooks
+	$(PY) -m sftlab.notebooks execute
+
 book: install
 	@if command -v quarto >/dev/null 2>&1; then \
 		quarto render; \
@@ -62,4 +69,4 @@ bench: install
 	$(PY) benchmarks/bench.py
 
 clean:
-	rm -rf _book .quarto notebooks .pytest_cache
+	rm -rf _book .quarto .pytest_cache

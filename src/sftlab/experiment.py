@@ -76,10 +76,21 @@ def _versions() -> dict:
     return out
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (platform.processor() is empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass  # not Linux: fall back to what platform knows
+    return platform.processor() or platform.machine()
+
+
 def _hardware() -> dict:
     import torch
 
-    hw = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count()}
+    hw = {"platform": platform.platform(), "processor": _cpu_model(), "cpu_count": os.cpu_count()}
     if torch.cuda.is_available():
         hw["gpu"] = torch.cuda.get_device_name(0)
         hw["gpu_count"] = torch.cuda.device_count()

