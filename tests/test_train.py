@@ -99,3 +99,27 @@ def test_encoding_skips_and_counts_conversations_over_max_length(chat_setup):
     lengths = [len(x) for x in encode_dataset(CONVS, tok, max_length=None, progress=False)[0]["input_ids"]]
     assert len(ds) == sum(n <= 20 for n in lengths)
     assert skipped["longer_than_max_length"] == sum(n > 20 for n in lengths) > 0
+
+
+def test_disabled_adapter_is_exactly_the_base_model(chat_setup):
+    """The book's 'base' systems are evaluated through the trained model with its adapter off."""
+    from peft import get_peft_model
+
+    from sftlab.evaluate import adapter_disabled
+
+    model, tok, _ = chat_setup
+    batch = _batch(tok, CONVS)
+    with torch.no_grad():
+        base_logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.clone()
+    lora = build_lora_config({"r": 4, "lora_alpha": 8, "target_modules": "all-linear",
+                              "trainable_token_indices": ["<end_of_turn>"]}, tok, _)
+    peft_model = get_peft_model(model, lora)
+    with torch.no_grad():  # pretend training moved every trainable weight
+        for p in peft_model.parameters():
+            if p.requires_grad:
+                p.add_(0.5)
+        trained = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        with adapter_disabled(peft_model):
+            disabled = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert not torch.allclose(trained, base_logits, atol=1e-3)
+    assert torch.allclose(disabled, base_logits, atol=1e-6)

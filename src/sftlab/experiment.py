@@ -199,6 +199,7 @@ def run_experiment(
     `results/.work-NAME/`, and training restarts from its last checkpoint
     (`training.save_steps` sets how often one is written).
     """
+    from accelerate import PartialState
     from transformers import set_seed
 
     from . import ifeval as ifeval_mod
@@ -217,7 +218,12 @@ def run_experiment(
     eval_cfg = {**EVAL_DEFAULTS, **section(config, "evaluation")}
     results_root = Path(results_root)
     results_root.mkdir(parents=True, exist_ok=True)
-    work = _work_dir(results_root, name, config, resume)
+    # Under `accelerate launch` several processes run this; one prepares the work folder.
+    state = PartialState()
+    if state.is_main_process:
+        _work_dir(results_root, name, config, resume)
+    state.wait_for_everyone()
+    work = results_root / f".work-{name}"
     stages = _Stages(work)
     timings: dict[str, float] = stages.get("timings") or {}
     try:
@@ -284,17 +290,9 @@ def run_experiment(
         replies: dict[str, dict] = {}
         losses: dict[str, dict] = {}
 
-        # The base model, before training (the adapter does not exist yet).
-        model.eval()
-        if "base_continuation" in systems:
-            _log("evaluating base model as plain continuation")
-            replies["base_continuation"] = evaluate_system(
-                "base_continuation", model, tokenizer, continuation_prompt_ids, fmt.eos_token_ids)
-        if "base_chat" in systems:
-            _log("evaluating base model with the chat template")
-            replies["base_chat"] = evaluate_system("base_chat", model, tokenizer, chat_prompt_ids, fmt.eos_token_ids)
-        losses["base_chat"] = heldout_loss("base_chat", model)
-
+        # Training comes first so that under `accelerate launch` every process trains together and
+        # only the main process evaluates afterwards (no process waits at a barrier while another
+        # generates). The base model is evaluated through the same object with the adapter disabled.
         train_stats = stages.get("train")
         if train_stats is None:
             _log("training LoRA")
@@ -307,6 +305,8 @@ def run_experiment(
                 model, tokenizer, fmt, train_ds, eval_ds, config, work, work / "train_log.jsonl",
                 resume_from_checkpoint=checkpoint,
             )
+            if not state.is_main_process:
+                return work  # the main process evaluates and writes the results
             timings["train_s"] = train_stats["train_wall_s"]
             peft_model.save_pretrained(work / "adapter")
             tokenizer.save_pretrained(work / "adapter")
@@ -319,8 +319,19 @@ def run_experiment(
             _log("training finished before the interruption; loading its adapter")
             peft_model = PeftModel.from_pretrained(model, work / "adapter")
         shutil.rmtree(work / "checkpoints", ignore_errors=True)
-
         peft_model.eval()
+
+        with adapter_disabled(peft_model):
+            if "base_continuation" in systems:
+                _log("evaluating base model as plain continuation")
+                replies["base_continuation"] = evaluate_system(
+                    "base_continuation", peft_model, tokenizer, continuation_prompt_ids, fmt.eos_token_ids)
+            if "base_chat" in systems:
+                _log("evaluating base model with the chat template")
+                replies["base_chat"] = evaluate_system(
+                    "base_chat", peft_model, tokenizer, chat_prompt_ids, fmt.eos_token_ids)
+            losses["base_chat"] = heldout_loss("base_chat", peft_model)
+
         _log("evaluating the LoRA SFT model")
         losses["sft"] = heldout_loss("sft", peft_model)
         if "sft" in systems:
