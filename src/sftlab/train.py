@@ -75,7 +75,12 @@ def build_lora_config(lora_cfg: dict, tokenizer, fmt: ChatFormat):
 
 
 def build_sft_config(training_cfg: dict, output_dir: Path, seed: int):
-    """`trl.SFTConfig` from the recipe, with the few settings our pre-tokenized data needs."""
+    """`trl.SFTConfig` from the recipe, with the few settings our pre-tokenized data needs.
+
+    Two optional fast paths work with that data (tests/test_bench.py checks both against the
+    padded path): `train_sampling_strategy: group_by_length` (lengths are read from `input_ids`,
+    no length column needed) and `padding_free: true`.
+    """
     import torch
     from trl import SFTConfig
 
@@ -91,6 +96,10 @@ def build_sft_config(training_cfg: dict, output_dir: Path, seed: int):
         cfg["bf16"] = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else bool(cpu_bf16)
     if cfg.get("bf16") and not torch.cuda.is_available():
         cfg.setdefault("use_cpu", True)  # transformers only allows CPU bf16 autocast when told it is on CPU
+    if cfg.get("padding_free") and not cfg.get("packing"):
+        # TRL refuses padding_free with a max_length (it could not enforce it without packing);
+        # `encode_dataset` has already dropped every conversation longer than max_length.
+        cfg["max_length"] = None
     cfg.setdefault("report_to", "none")
     cfg.setdefault("seed", seed)
     cfg.setdefault("data_seed", seed)
@@ -139,7 +148,10 @@ def labelled_position_loss(model, inputs, num_items_in_batch=None):
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     labels = inputs["labels"]
     body_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
-    hidden = inner.model(**body_inputs).last_hidden_state
+    # use_cache=False matters for padding-free batches (several sequences flattened into one
+    # row, with position_ids and no attention mask): transformers keeps the sequences apart
+    # only when there is no KV cache; with one, every token attends to the earlier sequences.
+    hidden = inner.model(**body_inputs, use_cache=False).last_hidden_state
     target = labels[:, 1:]
     keep = target != -100
     logits = inner.lm_head(hidden[:, :-1][keep])
