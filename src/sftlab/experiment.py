@@ -309,7 +309,8 @@ def run_experiment(
                 return work  # the main process evaluates and writes the results
             timings["train_s"] = train_stats["train_wall_s"]
             peft_model.save_pretrained(work / "adapter")
-            tokenizer.save_pretrained(work / "adapter")
+            # The chat template travels with the adapter; the 33 MB tokenizer does not (it is the base model's).
+            (work / "adapter" / "chat_template.jinja").write_text(tokenizer.chat_template)
             _write_jsonl(work / "lora_norms.jsonl", lora_update_norms(peft_model))
             stages.put("train", train_stats)
             stages.put("timings", timings)
