@@ -56,7 +56,7 @@ def _reason_bars(counts: dict, title: str, x_title: str, highlight: dict | None 
     base = alt.Chart(df).encode(
         y=alt.Y("reason:N", sort=order, title=None),
         x=alt.X("count:Q", title=x_title),
-        tooltip=["reason", alt.Tooltip("count:Q", format=",")],
+        tooltip=["reason:N", alt.Tooltip("count:Q", format=",")],
     )
     bars = base.mark_bar().encode(
         color=alt.Color("kind:N", scale=alt.Scale(domain=["dropped", "kept"], range=["#c44e52", "#4c72b0"]),
@@ -84,9 +84,9 @@ def chart_turns(report: dict) -> alt.Chart:
     df = pd.DataFrame([{"turns": int(k), "conversations": int(v)} for k, v in hist.items()],
                       columns=["turns", "conversations"])
     base = alt.Chart(df).encode(
-        x=alt.X("turns:O", title="assistant replies per conversation"),
+        x=alt.X("turns:O", title="assistant replies per conversation", axis=alt.Axis(labelAngle=0)),
         y=alt.Y("conversations:Q", title="kept conversations"),
-        tooltip=["turns", alt.Tooltip("conversations:Q", format=",")],
+        tooltip=["turns:O", alt.Tooltip("conversations:Q", format=",")],
     )
     return (base.mark_bar(color="#4c72b0") + base.mark_text(dy=-6).encode(text=alt.Text("conversations:Q", format=",")))\
         .properties(title="Turns per kept conversation", width=WIDTH - 200, height=200)
@@ -116,9 +116,10 @@ def chart_token_lengths(report: dict, bins: int = 30) -> alt.Chart:
     chart = bars
     if marks:
         rules = alt.Chart(pd.DataFrame(marks)).mark_rule(strokeDash=[4, 3]).encode(
-            x="at:Q", color=alt.Color("what:N", scale=alt.Scale(range=["#333333", "#c44e52"]),
-                                      legend=alt.Legend(title=None, orient="top-right")),
-            tooltip=["what", alt.Tooltip("at:Q", format=".0f")],
+            x="at:Q", color=alt.Color("what:N", scale=alt.Scale(domain=["median", "max_tokens filter"],
+                                                                range=["#333333", "#c44e52"]),
+                                      legend=alt.Legend(title=None, orient="bottom")),
+            tooltip=["what:N", alt.Tooltip("at:Q", format=".0f")],
         )
         chart = bars + rules
     return chart.properties(title="Token length of kept conversations", width=WIDTH, height=220)
@@ -159,7 +160,7 @@ def chart_loss_curve(results: Results, window: int | None = None, heldout: bool 
         x=alt.X("step:Q", title="optimizer step"),
         y=alt.Y("loss:Q", title="loss (nats per learned token)", scale=alt.Scale(zero=False)),
         color=alt.Color("series:N", scale=colors, legend=alt.Legend(title=None, orient="top-right")),
-        tooltip=["series", "step", alt.Tooltip("loss:Q", format=".3f")],
+        tooltip=["series:N", "step:Q", alt.Tooltip("loss:Q", format=".3f")],
     )
     chart = (base.mark_circle(size=18, opacity=0.6).transform_filter(alt.datum.series == "train loss (each step)")
              + base.mark_line(strokeWidth=2.5).transform_filter(alt.datum.series != "train loss (each step)"))
@@ -170,10 +171,10 @@ def chart_loss_curve(results: Results, window: int | None = None, heldout: bool 
                               for s, v in results.metrics["heldout_loss"].items() if v.get("mean_nll") is not None])
         if len(rules):
             chart = chart + alt.Chart(rules).mark_rule(strokeDash=[6, 4], color="#555555").encode(
-                y="loss:Q", tooltip=["who", alt.Tooltip("loss:Q", format=".3f")])
+                y="loss:Q", tooltip=["who:N", alt.Tooltip("loss:Q", format=".3f")])
             chart = chart + alt.Chart(rules).mark_text(align="left", baseline="bottom", dx=4, dy=-2,
                                                        color="#555555", fontSize=10).encode(
-                y="loss:Q", x=alt.value(0), text="who")
+                y="loss:Q", x=alt.value(0), text="who:N")
     return chart.properties(title="Training loss", width=WIDTH, height=260)
 
 
@@ -185,7 +186,7 @@ def chart_learning_rate(results: Results) -> alt.Chart:
     return alt.Chart(df).mark_line(color="#555555", point=alt.OverlayMarkDef(size=12)).encode(
         x=alt.X("step:Q", title="optimizer step"),
         y=alt.Y("learning_rate:Q", title="learning rate", axis=alt.Axis(format=".1e")),
-        tooltip=["step", alt.Tooltip("learning_rate:Q", format=".2e")],
+        tooltip=["step:Q", alt.Tooltip("learning_rate:Q", format=".2e")],
     ).properties(title="Learning-rate schedule", width=WIDTH, height=160)
 
 
@@ -203,7 +204,7 @@ def chart_lora_norms(results: Results, relative: bool = True) -> alt.Chart:
         x=alt.X("layer:O", title="layer"),
         y=alt.Y("module:N", sort=modules, title=None),
         color=alt.Color(f"{value}:Q", title=title, scale=alt.Scale(scheme="blues")),
-        tooltip=["layer", "module", alt.Tooltip(f"{value}:Q", format=".4f")],
+        tooltip=["layer:O", "module:N", alt.Tooltip(f"{value}:Q", format=".4f")],
     ).properties(title="Where training changed the model: size of each LoRA update", width=WIDTH - 60, height=170)
 
 
@@ -238,11 +239,13 @@ def chart_metric_comparison(results: Results, set: str = "heldout", metrics=None
     base = alt.Chart().encode(
         y=alt.Y("system:N", sort=order, title=None, axis=alt.Axis(labels=True)),
         color=alt.Color("system:N", scale=scale, legend=None),
-        tooltip=["system", alt.Tooltip("value:Q", format=".3f"), alt.Tooltip("lo:Q", format=".3f"),
-                 alt.Tooltip("hi:Q", format=".3f"), "better"],
+        tooltip=["system:N", alt.Tooltip("value:Q", format=".3f"), alt.Tooltip("lo:Q", format=".3f"),
+                 alt.Tooltip("hi:Q", format=".3f"), "better:N"],
     )
-    bars = base.mark_rule(strokeWidth=2.5).encode(x=alt.X("lo:Q", title=None, scale=alt.Scale(zero=False)), x2="hi:Q")
-    dots = base.mark_circle(size=70, opacity=1).encode(x="value:Q")
+    axis = alt.Axis(tickCount=4, labelOverlap=True, labelSeparation=6, labelFlush=True)
+    bars = base.mark_rule(strokeWidth=2.5).encode(
+        x=alt.X("lo:Q", title=None, scale=alt.Scale(zero=False), axis=axis), x2="hi:Q")
+    dots = base.mark_circle(size=70, opacity=1).encode(x=alt.X("value:Q", title=None, axis=axis))
     return alt.layer(bars, dots, data=df).properties(width=150, height=alt.Step(18)).facet(
         facet=alt.Facet("metric:N", sort=panel_order, title=None, header=alt.Header(labelFontWeight="bold")),
         columns=columns,
@@ -251,7 +254,7 @@ def chart_metric_comparison(results: Results, set: str = "heldout", metrics=None
 
 
 def chart_ifeval_types(results: Results) -> alt.Chart:
-    """IFEval pass rate per instruction type and system, with 95% intervals."""
+    """IFEval pass rate per instruction type and system (dot), with 95% intervals (bar)."""
     rows = []
     for s in results.systems:
         per_type = ((results.metrics["systems"][s].get("ifeval") or {}).get("per_type") or {})
@@ -261,19 +264,20 @@ def chart_ifeval_types(results: Results) -> alt.Chart:
                          "lo": 100 * ci[0], "hi": 100 * ci[1]})
     df = pd.DataFrame(rows, columns=["type", "system", "value", "lo", "hi"])
     order = _system_order(results.systems)
+    n_types = max(1, df["type"].nunique())
     base = alt.Chart(df).encode(
         y=alt.Y("type:N", title=None, sort="ascending"),
         yOffset=alt.YOffset("system:N", sort=order),
         color=alt.Color("system:N", scale=system_scale(results.systems), sort=order,
-                        legend=alt.Legend(title=None, orient="bottom")),
-        tooltip=["type", "system", alt.Tooltip("value:Q", format=".0f", title="pass %"),
+                        legend=alt.Legend(title=None, orient="bottom", columns=2)),
+        tooltip=["type:N", "system:N", alt.Tooltip("value:Q", format=".0f", title="pass %"),
                  alt.Tooltip("lo:Q", format=".0f"), alt.Tooltip("hi:Q", format=".0f")],
     )
-    bars = base.mark_bar(opacity=0.85).encode(x=alt.X("value:Q", title="instructions followed (%)",
-                                                      scale=alt.Scale(domain=[0, 100])))
-    err = base.mark_rule(color="black", opacity=0.6).encode(x="lo:Q", x2="hi:Q")
-    return (bars + err).properties(title="IFEval: pass rate by instruction type", width=WIDTH - 180,
-                                   height=alt.Step(max(6, 4 * len(order))))
+    err = base.mark_rule(strokeWidth=1.5, opacity=0.6).encode(
+        x=alt.X("lo:Q", title="instructions followed (%)", scale=alt.Scale(domain=[0, 100])), x2="hi:Q")
+    dots = base.mark_circle(size=45, opacity=1).encode(x="value:Q")
+    return (err + dots).properties(title="IFEval: pass rate by instruction type (dot) with 95% interval (bar)",
+                                   width=WIDTH - 180, height=n_types * (8 * len(order) + 6))
 
 
 def reply_frame(results: Results, set: str = "heldout") -> pd.DataFrame:
@@ -306,8 +310,8 @@ def chart_reply_lengths(results: Results, set: str = "heldout") -> alt.Chart:
         shape=alt.Shape("ending:N", scale=alt.Scale(domain=["stopped", "hit the token limit"],
                                                     range=["circle", "cross"]),
                         legend=alt.Legend(title=None, orient="bottom")),
-        tooltip=["id", "system", "words", "tokens", "ending"],
-    ).transform_calculate(jitter="(random() - 0.5) * 16")
+        tooltip=["id:N", "system:N", "words:Q", "tokens:Q", "ending:N"],
+    ).transform_calculate(jitter="(random() - 0.5) * 12")
     return (box + dots).properties(title=f"Reply lengths ({'held-out' if set == 'heldout' else 'IFEval'} prompts)",
                                    width=WIDTH - 140, height=alt.Step(40))
 
@@ -328,6 +332,6 @@ def chart_stop_flags(results: Results) -> alt.Chart:
         color=alt.Color("ending:N", scale=alt.Scale(domain=["stopped", "hit the token limit"],
                                                     range=["#1a7f37", "#c44e52"]),
                         legend=alt.Legend(title=None, orient="bottom")),
-        row=alt.Row("prompts:N", title=None),
-        tooltip=["prompts", "system", "ending", "replies"],
+        row=alt.Row("prompts:N", title=None, sort=["held-out", "IFEval"]),
+        tooltip=["prompts:N", "system:N", "ending:N", "replies:Q"],
     ).properties(title="How replies ended", width=WIDTH - 160, height=alt.Step(22))

@@ -31,10 +31,10 @@ SYSTEM_LABELS = {
     "reference": "SmolLM2-135M-Instruct",
 }
 SYSTEM_DESCRIPTIONS = {
-    "base_continuation": "gemma-3-270m reading the prompt as plain text, no chat template",
-    "base_chat": "gemma-3-270m with the Gemma chat template, before training (what SFT starts from)",
-    "sft": "gemma-3-270m with the template and the trained LoRA adapter",
-    "reference": "a published post-trained model (SFT + DPO by its authors), with its own template",
+    "base_continuation": "the base model ({base}) reading the prompt as plain text, no chat template",
+    "base_chat": "the base model with the chat template, before training (what SFT starts from)",
+    "sft": "the base model with the chat template and the trained LoRA adapter",
+    "reference": "a published post-trained model ({reference}), with its own chat template",
 }
 
 RESULTS_ENV = "SFTLAB_RESULTS"  # a results folder (path or name) to show instead of the default choice
@@ -184,7 +184,7 @@ def check_staleness(results: Results, root: str | Path | None = None) -> bool | 
     if current == recorded:
         return False
     warnings.warn(
-        f"{path.name} changed since results/{results.name} was produced (config hash {recorded} in run.json, "
+        f"{_rel(path, root)} changed since results/{results.name} was produced (config hash {recorded} in run.json, "
         f"{current} now): the book shows the older run. Re-run it with `sftlab run {_rel(path, root)}` "
         f"(or `make all` after deleting results/{results.name}/).",
         StaleResultsWarning, stacklevel=3,
@@ -254,6 +254,14 @@ def _md_escape(text: str) -> str:
     """Text for a Markdown table cell: no raw HTML, no emphasis, no column breaks, no math."""
     text = str(text).replace("\n", " ")
     return re.sub(r"([\\`*_\[\]<>|$#~^])", r"\\\1", text)
+
+
+def md_code(text: str) -> str:
+    """Text as a Markdown code span (newlines shown as ↵), safe whatever backticks it holds."""
+    text = str(text).replace("\n", "↵")
+    fence = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def markdown_table(df: pd.DataFrame, index: bool = True) -> str:
@@ -356,7 +364,25 @@ def metric_entry(results: Results, system: str, metric: str, set: str = "heldout
     value = entry.get(metric)
     if value is None:
         return None
-    return value if isinstance(value, dict) else {"value": value, "ci": None}
+    if isinstance(value, dict):
+        return value
+    if metric == "stop_rate":  # metrics.json has the IFEval stop rate without an interval
+        return {"value": value, "ci": _stop_ci(results, system, set)}
+    return {"value": value, "ci": None}
+
+
+def _stop_ci(results: Results, system: str, set: str) -> list[float] | None:
+    """95% bootstrap interval of a stop rate, from the stop flags in samples.jsonl."""
+    from .metrics import bootstrap_ci
+
+    flags = [float(bool(s["replies"][system].get("stopped"))) for s in results.samples
+             if s.get("set") == set and system in s.get("replies", {})]
+    if not flags:
+        return None
+    ev = results.config.get("evaluation") or {}
+    lo, hi = bootstrap_ci(flags, n_resamples=int(ev.get("bootstrap_resamples") or 1000),
+                          seed=int(results.config.get("seed") or 0))
+    return [lo, hi]
 
 
 def metric_glossary(set: str = "heldout") -> pd.DataFrame:
@@ -541,15 +567,21 @@ def findings(results: Results, a: str = "sft", b: str = "base_chat",
 
 
 def tally(results: Results, a: str = "sft", b: str = "base_chat", set: str = "heldout") -> dict:
-    """How many metrics with a better direction put a ahead of b, behind it, or tie (overlapping CIs)."""
+    """Metrics with a better direction, sorted by how a compares with b.
+
+    better / worse: the 95% intervals do not overlap; unclear: they overlap (or the values
+    are equal); better_no_ci / worse_no_ci: corpus statistics without an interval.
+    """
     specs = {"heldout": HELDOUT_METRICS, "ifeval": IFEVAL_METRICS, "loss": LOSS_METRICS}[set]
-    out = {"better": [], "worse": [], "unclear": []}
+    out = {"better": [], "worse": [], "unclear": [], "better_no_ci": [], "worse_no_ci": []}
     for m in specs:
         c = compare(results, m.key, a, b, set)
         if c is None or not m.better:
             continue
-        if c.separated is False or c.a_better is None:
+        if c.a_better is None or c.separated is False:
             out["unclear"].append(m.label)
+        elif c.separated is None:
+            out["better_no_ci" if c.a_better else "worse_no_ci"].append(m.label)
         else:
             out["better" if c.a_better else "worse"].append(m.label)
     return out
@@ -572,7 +604,8 @@ def which_run_note(results: Results) -> str:
     if hw.get("gpu"):
         where = f"{hw.get('gpu_count', 1)} × {hw['gpu']}"
     else:
-        where = f"a CPU only ({hw.get('cpu_count', '?')} cores, no GPU)"
+        cpu = f"{hw['processor']}, " if hw.get("processor") else ""
+        where = f"a CPU only ({cpu}{hw.get('cpu_count', '?')} cores, no GPU)"
     text = (
         f"This book shows {what}: {fmt_count(training.get('train_conversations'))} training conversations, "
         f"{fmt_count(training.get('global_steps'))} optimizer steps, on {where}. "
@@ -623,6 +656,9 @@ FIELD_MEANINGS = {
     ("training", "max_grad_norm"): "gradient clipping threshold",
     ("training", "optim"): "optimizer",
     ("training", "seed"): "training seed",
+    ("training", "train_sampling_strategy"): "order of training examples (group_by_length: batches of similar "
+                                             "length, so less padding)",
+    ("training", "group_by_length"): "batch conversations of similar length together (less padding)",
 }
 
 
@@ -680,14 +716,15 @@ def run_summary_table(results: Results) -> pd.DataFrame:
     rows = [
         ("run", f"{results.name} (config hash {run.get('config_hash', '?')})"),
         ("hardware", f"{hw.get('gpu_count', 1)} × {hw['gpu']}" if hw.get("gpu")
-         else f"CPU, {hw.get('cpu_count', '?')} cores, {hw.get('torch_threads', '?')} torch threads"),
+         else f"CPU{' (' + hw['processor'] + ')' if hw.get('processor') else ''}, {hw.get('cpu_count', '?')} cores, "
+              f"{hw.get('torch_threads', '?')} torch threads"),
         ("software", ", ".join(f"{k} {v[k]}" for k in ("python", "torch", "transformers", "peft", "trl") if v.get(k))),
         ("base model", (results.config.get("model") or {}).get("base", "?")),
         ("training conversations", fmt_count(tr.get("train_conversations"))),
         ("tokens per epoch (of which learned)",
          f"{fmt_count(tokens)} ({fmt_count(assistant)}, {100 * assistant / tokens:.0f}%)" if tokens and assistant
          else fmt_count(tokens)),
-        ("epochs × optimizer steps", f"{_fmt_field(tr.get('epochs'))} × {fmt_count(tr.get('global_steps'))}"),
+        ("epochs; optimizer steps", f"{_fmt_field(tr.get('epochs'))}; {fmt_count(tr.get('global_steps'))}"),
         ("effective batch (conversations)", f"{batch * accum}" if batch else "?"),
         ("trainable parameters", f"{fmt_params(trainable)}{share}"),
         ("bf16 autocast", str(tr.get("bf16"))),
@@ -732,8 +769,9 @@ def data_steps_table(results: Results) -> pd.DataFrame:
     rows = [
         ("1. read", f"records decoded from {r.get('source', '?')}", fmt_count(r.get("n_read"))),
         ("2. validate + normalize",
-         f"roles mapped to user/assistant, whitespace stripped, trailing user turn dropped "
-         f"(from {fmt_count(r.get('n_trimmed'))}); records skipped: {fmt_count(sum((r.get('skipped') or {}).values()))}",
+         f"roles mapped to user/assistant, whitespace stripped, a trailing unanswered user turn dropped "
+         f"(in {fmt_count(r.get('n_trimmed'))} of them); records skipped: "
+         f"{fmt_count(sum((r.get('skipped') or {}).values()))}",
          fmt_count(r.get("n_loaded"))),
         ("3. filter",
          ", ".join(f"{k}={v}" for k, v in f.items() if v is not None)
@@ -1006,3 +1044,151 @@ def example_conversation(results: Results, min_turns: int = 2) -> dict:
         raise ValueError(f"no held-out samples in {results.path / 'samples.jsonl'}")
     best = max(convs, key=lambda c: (c[0], c[1]))
     return {"id": best[2], "messages": best[3]}
+
+
+def token_frame(rows: list[dict], limit: int | None = None) -> pd.DataFrame:
+    """Token rows as a table with the label the loss sees: the token id where learned, else -100."""
+    rows = rows[:limit] if limit else rows
+    out = [{"position": r["position"], "token": repr(r["token"]), "id": r["id"],
+            "control token": "yes" if r["control"] else "",
+            "label": r["id"] if r["learned"] else -100} for r in rows]
+    return pd.DataFrame(out, columns=["position", "token", "id", "control token", "label"]).set_index("position")
+
+
+# --------------------------------------------------------------------------- sentences
+
+
+def data_summary(results: Results) -> str:
+    """Where the data went, as Markdown sentences with the report's counts."""
+    r = results.data_report
+    tl = r.get("token_lengths") or {}
+    hist = r.get("turns_histogram") or {}
+    multi = sum(v for k, v in hist.items() if int(k) > 1)
+    text = (
+        f"The loader read {fmt_count(r.get('n_read'))} records from `{r.get('source')}`; "
+        f"{fmt_count(r.get('n_loaded'))} were valid conversations and "
+        f"{fmt_count(sum((r.get('skipped') or {}).values()))} were skipped. "
+        f"The filters kept {fmt_count(r.get('n_kept'))} of them, and the split drew "
+        f"{fmt_count(r.get('n_eval'))} held-out and {fmt_count(r.get('n_train'))} training conversations "
+        f"(seed {r.get('seed')}). "
+    )
+    if tl:
+        text += (f"Kept conversations are {fmt_count(tl.get('min'))} to {fmt_count(tl.get('max'))} tokens long "
+                 f"(median {tl.get('median'):,.0f}, 90th percentile {fmt_count(tl.get('p90'))}); ")
+    if hist:
+        n = sum(hist.values())
+        text += f"{fmt_count(multi)} of {fmt_count(n)} ({100 * multi / max(1, n):.0f}%) have more than one reply."
+    return text
+
+
+def systems_table(results: Results) -> pd.DataFrame:
+    """The systems compared, what each is, and whether this run evaluated it."""
+    model = results.config.get("model") or {}
+    names = {"base": model.get("base", "?"), "reference": model.get("reference") or "none"}
+    rows = [{"system": label(s), "what it is": SYSTEM_DESCRIPTIONS[s].format(**names),
+             "in this run": "yes" if s in results.systems
+             else ("held-out loss only" if s in (results.metrics.get("heldout_loss") or {}) else "no")}
+            for s in SYSTEMS]
+    return pd.DataFrame(rows).set_index("system")
+
+
+def eval_setup_note(results: Results) -> str:
+    """How the evaluation was run: prompt counts, decoding, token limit, resamples."""
+    ev = results.config.get("evaluation") or {}
+    n_held = len(samples(results, "heldout"))
+    n_if = len(samples(results, "ifeval"))
+    text = (f"Every system answered the same {fmt_count(n_held)} held-out prompts"
+            + (f" and {fmt_count(n_if)} IFEval-style prompts" if n_if else "")
+            + f", with greedy decoding and at most {ev.get('max_new_tokens', '?')} new tokens per reply. "
+            f"Intervals are 95% percentile bootstrap intervals over prompts "
+            f"({fmt_count(ev.get('bootstrap_resamples', 1000))} resamples).")
+    return text
+
+
+def lora_norm_summary(results: Results) -> str:
+    """Which module types and layers received the largest LoRA updates (relative to their weights)."""
+    df = results.lora_norms
+    if df.empty or "relative_norm" not in df:
+        return ""
+    by_module = df.groupby("module")["relative_norm"].mean().sort_values(ascending=False)
+    by_layer = df.dropna(subset=["layer"]).groupby("layer")["relative_norm"].mean()
+    top = df.loc[df["relative_norm"].idxmax()]
+    return (
+        f"Averaged over layers, the largest updates relative to the frozen weights are in "
+        f"`{by_module.index[0]}` ({by_module.iloc[0]:.4f}) and the smallest in `{by_module.index[-1]}` "
+        f"({by_module.iloc[-1]:.4f}); the single largest is `{top['module']}` of layer {int(top['layer'])} "
+        f"({top['relative_norm']:.4f}), and the layer with the largest mean update is layer "
+        f"{int(by_layer.idxmax())}. The largest ratio ‖ΔW‖/‖W‖ of any module is {df['relative_norm'].max():.4f}"
+        + (", so every update is under a tenth of the weight it modifies." if df["relative_norm"].max() < 0.1 else ".")
+    )
+
+
+def loss_sentence(results: Results) -> str:
+    """The training-loss trend in one sentence (first and last tenth of the log)."""
+    s = loss_summary(results)
+    if not s:
+        return "This run logged no training loss."
+    change = "fell" if s["last"] < s["first"] else ("rose" if s["last"] > s["first"] else "stayed")
+    text = (f"The training loss {change} from {s['first']:.2f} (mean of the first {s['k']} logged steps) to "
+            f"{s['last']:.2f} (mean of the last {s['k']}) over {s['steps']} optimizer steps.")
+    if "eval_first" in s:
+        text += f" The eval-split loss went from {s['eval_first']:.2f} to {s['eval_last']:.2f}."
+    return text
+
+
+def tally_sentence(results: Results, a: str = "sft", b: str = "base_chat") -> str:
+    """Over every metric with a better direction: where a beats b, trails it, or cannot be told apart."""
+    if a not in results.systems + list(results.metrics.get("heldout_loss") or {}) or \
+            b not in results.systems + list(results.metrics.get("heldout_loss") or {}):
+        return f"This run did not evaluate both {label(a)} and {label(b)}."
+    parts = {"better": [], "worse": [], "unclear": [], "better_no_ci": [], "worse_no_ci": []}
+    for set_ in ("loss", "heldout", "ifeval"):
+        t = tally(results, a, b, set_)
+        for k in parts:
+            parts[k] += [m for m in t[k] if m != "held-out perplexity"]  # perplexity repeats the loss
+    if not any(parts.values()):
+        return f"No metric with a better direction was measured for both {label(a)} and {label(b)}."
+
+    def names(xs):
+        return ", ".join(xs) if xs else "none"
+
+    text = (f"Comparing **{label(a)}** with **{label(b)}** on every metric that has a better direction: "
+            f"{label(a)} is better, with non-overlapping 95% intervals, on {names(parts['better'])}; "
+            f"worse, with non-overlapping intervals, on {names(parts['worse'])}; "
+            f"and not separable at this sample size on {names(parts['unclear'])}.")
+    if parts["better_no_ci"] or parts["worse_no_ci"]:
+        text += (f" Among corpus statistics without an interval, it is better on {names(parts['better_no_ci'])} "
+                 f"and worse on {names(parts['worse_no_ci'])}.")
+    return text
+
+
+def precision_note(results: Results, system: str = "sft") -> str:
+    """How wide the intervals are at this evaluation size (what 'small sample' means here)."""
+    n_held = len(samples(results, "heldout"))
+    parts = [f"With {n_held} held-out prompts"]
+    stop = metric_entry(results, system, "stop_rate")
+    if stop and stop.get("ci"):
+        lo, hi = stop["ci"]
+        parts.append(f", {label(system)}'s stop-rate interval spans {100 * (hi - lo):.0f} percentage points "
+                     f"({fmt_ci(stop, 'rate')})")
+    rouge = metric_entry(results, system, "rougeL")
+    if rouge and rouge.get("ci"):
+        parts.append(f" and its ROUGE-L interval {rouge['ci'][1] - rouge['ci'][0]:.3f} "
+                     f"({fmt_ci(rouge)})")
+    return "".join(parts) + ": differences much smaller than these widths cannot be detected at this size."
+
+
+def repetition_sentence(results: Results, set: str = "heldout", threshold: float = 0.5) -> str:
+    """Share of replies per system that loop, in one sentence (see `repetition_table`)."""
+    from .metrics import distinct_n
+
+    bits = []
+    for s in results.systems:
+        replies = [x["replies"][s]["text"] for x in samples(results, set) if s in x["replies"]]
+        if replies:
+            loops = sum(distinct_n([t], 2) < threshold for t in replies if t.split())
+            bits.append(f"{label(s)} {loops} of {len(replies)}")
+    if not bits:
+        return ""
+    return (f"Replies whose word pairs are mostly repeats (per-reply distinct-2 below {threshold:g}, a sign of a "
+            f"greedy-decoding loop): " + "; ".join(bits) + ".")
