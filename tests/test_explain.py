@@ -227,6 +227,7 @@ def test_results_dir_prefers_full_and_finds_the_root(fake_results):
     full = fake_results.parent / "full"
     full.mkdir()
     (full / "config.yaml").write_text("name: full\n")
+    (full / "run.json").write_text("{}")
     assert explain.results_dir() == full
     assert explain.run_config(fake_results)["model"]["base"] == "offline:gemma-3-270m"
 

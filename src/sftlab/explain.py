@@ -30,36 +30,9 @@ from .figures import latex_escape, show_rich
 # --- where things are --------------------------------------------------------------------
 
 
-def project_root(start: str | Path | None = None) -> Path:
-    """The nearest folder at or above `start` (default: the working directory) holding pyproject.toml.
-
-    Chapters execute from `chapters/`, notebooks from wherever they were opened: both find the root.
-    """
-    here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").exists():
-            return folder
-    raise FileNotFoundError(f"no pyproject.toml at or above {here}: run this inside the sftlab project")
-
-
-def results_dir(root: str | Path | None = None) -> Path:
-    """The run the book reports: `results/full` if it exists, else `results/default`.
-
-    `SFTLAB_RESULTS=path` overrides both (handy for trying a chapter on a pilot run).
-    """
-    override = os.environ.get("SFTLAB_RESULTS")
-    if override:
-        path = Path(override).expanduser().resolve()
-        if not (path / "config.yaml").exists():
-            raise FileNotFoundError(f"SFTLAB_RESULTS={override} holds no config.yaml: not a results folder")
-        return path
-    base = project_root(root) / "results"
-    for name in ("full", "default"):
-        if (base / name / "config.yaml").exists():
-            return base / name
-    raise FileNotFoundError(
-        f"no results in {base}/full or {base}/default: run `make experiment` (about 45 minutes on 2 CPU cores)"
-    )
+# One place decides which run the book shows (results/full, else results/default, or
+# $SFTLAB_RESULTS) and where the project root is: sftlab.report.
+from .report import project_root, results_dir  # noqa: E402
 
 
 def run_config(results: str | Path | None = None) -> dict:
