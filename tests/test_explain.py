@@ -202,6 +202,7 @@ def fake_results(tmp_path, monkeypatch):
     run.mkdir(parents=True)
     (root / "pyproject.toml").write_text("[project]\nname='x'\n")
     (run / "config.yaml").write_text("name: default\nmodel:\n  base: offline:gemma-3-270m\n")
+    (run / "run.json").write_text("{}")
     rows = []
     for layer in range(3):
         for i, module in enumerate(explain.MODULE_ORDER):
