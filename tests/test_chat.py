@@ -237,9 +237,11 @@ def test_real_gemma_template_strings_never_become_special_ids(real_gemma_tok, pa
     # <bos>, then <start_of_turn> <end_of_turn> for each of the two turns: nothing from the payload.
     assert _control_sequence(tok, enc) == [2, 105, 106, 105, 106]
     assert tok.decode(enc["input_ids"]) == render_conversation(tok, attack)
-    # A naive tokenization of the same text would have produced the control ids.
-    naive = tok(render_conversation(tok, attack), add_special_tokens=False)["input_ids"]
-    assert len(_control_sequence(tok, {"input_ids": naive})) > 5
+    # A naive tokenization of the same text would have produced Gemma's control ids
+    # (ChatML's strings are not Gemma tokens, so that payload is plain text either way).
+    if any(s in payload for s in ("<end_of_turn>", "<start_of_turn>", "<bos>", "<eos>", "<pad>")):
+        naive = tok(render_conversation(tok, attack), add_special_tokens=False)["input_ids"]
+        assert len(_control_sequence(tok, {"input_ids": naive})) > 5
 
 
 @pytest.mark.slow
