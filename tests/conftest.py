@@ -105,6 +105,19 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
 
 
 @pytest.fixture()
+def chat_setup(tiny_tokenizer, tiny_model):
+    """(model, tokenizer, ChatFormat): the tiny pair prepared with the Gemma chat format."""
+    import copy
+
+    from sftlab.chat import prepare_model, prepare_tokenizer
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    fmt = prepare_tokenizer(tok, "gemma")
+    prepare_model(tiny_model, tok, fmt)
+    return tiny_model, tok, fmt
+
+
+@pytest.fixture()
 def three_turn_conversation():
     return [
         {"role": "system", "content": "You are terse."},

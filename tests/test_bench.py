@@ -7,7 +7,6 @@ if every variant trains on the same loss.
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sftlab.chat import prepare_model, prepare_tokenizer
+from sftlab.chat import prepare_model
 from sftlab.train import build_lora_config, build_sft_config, encode_dataset, labelled_position_loss
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
@@ -133,14 +132,6 @@ CONVS = [
                              {"role": "assistant", "content": "The sea is wide and blue."},
                              {"role": "user", "content": "1 2 3"}, {"role": "assistant", "content": "4 5 6"}]},
 ]
-
-
-@pytest.fixture()
-def chat_setup(tiny_tokenizer, tiny_model):
-    tok = copy.deepcopy(tiny_tokenizer)
-    fmt = prepare_tokenizer(tok, "gemma")
-    prepare_model(tiny_model, tok, fmt)
-    return tiny_model, tok, fmt
 
 
 def _examples(tok, convs):

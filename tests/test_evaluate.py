@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
 
-from sftlab.chat import prepare_model, prepare_tokenizer
 from sftlab.evaluate import assistant_nll, chat_prompt_ids, continuation_prompt_ids, generate_replies
 from sftlab.train import encode_dataset
 
@@ -18,16 +16,8 @@ CONVS = [
 ]
 
 
-@pytest.fixture()
-def setup(tiny_tokenizer, tiny_model):
-    tok = copy.deepcopy(tiny_tokenizer)
-    fmt = prepare_tokenizer(tok, "gemma")
-    prepare_model(tiny_model, tok, fmt)
-    return tiny_model, tok, fmt
-
-
-def test_assistant_nll_matches_per_conversation_model_loss(setup):
-    model, tok, _ = setup
+def test_assistant_nll_matches_per_conversation_model_loss(chat_setup):
+    model, tok, _ = chat_setup
     ds, _ = encode_dataset(CONVS, tok, max_length=None, progress=False)
     per_conv, mean = assistant_nll(model, ds, batch_size=2, progress=False)
     for row, (nll_sum, n) in zip(ds, per_conv):
@@ -39,8 +29,8 @@ def test_assistant_nll_matches_per_conversation_model_loss(setup):
     assert mean == pytest.approx(sum(s for s, _ in per_conv) / sum(n for _, n in per_conv))
 
 
-def test_batched_generation_equals_one_at_a_time(setup):
-    model, tok, fmt = setup
+def test_batched_generation_equals_one_at_a_time(chat_setup):
+    model, tok, fmt = chat_setup
     prompts = [chat_prompt_ids(tok, c["messages"][:1]) for c in CONVS]
     kw = dict(stop_ids=fmt.eos_token_ids, max_new_tokens=8, progress=False)
     batched = generate_replies(model, tok, prompts, batch_size=3, **kw)
@@ -48,8 +38,8 @@ def test_batched_generation_equals_one_at_a_time(setup):
     assert batched == single
 
 
-def test_stop_flag_and_text_end_before_the_stop_token(setup):
-    model, tok, fmt = setup
+def test_stop_flag_and_text_end_before_the_stop_token(chat_setup):
+    model, tok, fmt = chat_setup
     with torch.no_grad():  # a model that always says "<end_of_turn>" after one token
         head = model.get_output_embeddings()
         model.lm_head = torch.nn.Linear(head.in_features, head.out_features, bias=True)
@@ -61,8 +51,8 @@ def test_stop_flag_and_text_end_before_the_stop_token(setup):
     assert out == {"text": "", "stopped": True, "n_tokens": 0}
 
 
-def test_continuation_prompt_has_no_template(setup):
-    _, tok, _ = setup
+def test_continuation_prompt_has_no_template(chat_setup):
+    _, tok, _ = chat_setup
     ids = continuation_prompt_ids(tok, [{"role": "user", "content": "Once upon a time <start_of_turn>"}])
     text = tok.decode(ids)
     assert text.startswith("<bos>Once upon a time") and tok.convert_tokens_to_ids("<start_of_turn>") not in ids

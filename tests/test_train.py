@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from sftlab.chat import prepare_model, prepare_tokenizer
+from sftlab.chat import prepare_tokenizer
 from sftlab.errors import ConfigError
 from sftlab.train import (
     build_lora_config,
@@ -16,14 +16,6 @@ from sftlab.train import (
     labelled_position_loss,
     resolve_token_indices,
 )
-
-
-@pytest.fixture()
-def chat_setup(tiny_tokenizer, tiny_model):
-    tok = copy.deepcopy(tiny_tokenizer)
-    fmt = prepare_tokenizer(tok, "gemma")
-    prepare_model(tiny_model, tok, fmt)
-    return tiny_model, tok, fmt
 
 
 def _batch(tok, convs):
