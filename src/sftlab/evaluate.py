@@ -123,20 +123,17 @@ def assistant_nll(model, dataset, *, batch_size: int = 4, max_batches: int | Non
 
 
 def _labelled_nll(model, input_ids, attention_mask, labels):
-    """Summed NLL per row over labelled tokens, scoring only labelled positions (see train.labelled_position_loss)."""
+    """Summed NLL per row over labelled tokens, scoring only labelled positions."""
     import torch
     import torch.nn.functional as F
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = inner.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    target = labels[:, 1:]
-    keep = target != -100
-    logits = inner.lm_head(hidden[:, :-1][keep]).float()
-    cap = getattr(inner.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    token_nll = F.cross_entropy(logits, target[keep], reduction="none")
-    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(target)[keep]
+    from .train import labelled_logits
+
+    logits, targets, keep = labelled_logits(
+        model, {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    )
+    token_nll = F.cross_entropy(logits, targets, reduction="none")
+    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(keep)[keep]
     return torch.zeros(labels.shape[0], device=labels.device).index_add_(0, rows, token_nll)
 
 

@@ -131,34 +131,45 @@ def _log_callback(path: Path):
     return JsonlLog()
 
 
-def labelled_position_loss(model, inputs, num_items_in_batch=None):
-    """Causal-LM loss that runs the output layer only where a label exists.
+def labelled_logits(model, inputs):
+    """Logits at the positions whose next token is labelled, with those targets.
 
-    Hand-written because TRL's fused LM head (its default loss path) scores every
-    position and reads `lm_head.bias`, which PEFT's trainable-token wrapper on a tied
-    head does not expose. Here the backbone runs once, hidden states are gathered at
-    the positions whose next token is labelled (assistant tokens), and only those go
-    through the 262,144-way output layer: on Gemma-3 that layer costs more than the
-    whole body, and most positions (prompt, padding) carry no label. The loss equals
-    the usual mean cross-entropy over labelled tokens (tests compare the two).
+    Returns `(logits, targets, keep)`: `keep` marks the labelled positions of
+    `labels[:, 1:]`, `logits` has one row per True in `keep`. The backbone runs once and
+    only those hidden states go through the 262,144-way output layer: on Gemma-3 that
+    layer costs more than the whole body, and most positions (prompt, padding) carry no
+    label. Training (`labelled_position_loss`) and held-out scoring
+    (`sftlab.evaluate.assistant_nll`) both use it.
     """
     import torch
-    import torch.nn.functional as F
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    labels = inputs["labels"]
     body_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
     # use_cache=False matters for padding-free batches (several sequences flattened into one
     # row, with position_ids and no attention mask): transformers keeps the sequences apart
     # only when there is no KV cache; with one, every token attends to the earlier sequences.
     hidden = inner.model(**body_inputs, use_cache=False).last_hidden_state
-    target = labels[:, 1:]
-    keep = target != -100
-    logits = inner.lm_head(hidden[:, :-1][keep])
+    keep = inputs["labels"][:, 1:] != -100
+    logits = inner.lm_head(hidden[:, :-1][keep]).float()
     cap = getattr(inner.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    loss_sum = F.cross_entropy(logits.float(), target[keep], reduction="sum")
+    return logits, inputs["labels"][:, 1:][keep], keep
+
+
+def labelled_position_loss(model, inputs, num_items_in_batch=None):
+    """Causal-LM loss that runs the output layer only where a label exists.
+
+    Hand-written because TRL's fused LM head (its default loss path) scores every
+    position and reads `lm_head.bias`, which PEFT's trainable-token wrapper on a tied
+    head does not expose. The loss equals the usual mean cross-entropy over labelled
+    tokens (tests compare the two); see `labelled_logits`.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    logits, targets, keep = labelled_logits(model, inputs)
+    loss_sum = F.cross_entropy(logits, targets, reduction="sum")
     denom = num_items_in_batch if num_items_in_batch is not None else keep.sum()
     return loss_sum / torch.as_tensor(denom, device=loss_sum.device).clamp(min=1)
 
