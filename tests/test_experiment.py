@@ -97,3 +97,41 @@ def test_failed_run_leaves_previous_results_untouched(tiny_recipe, tmp_path, mon
     with pytest.raises(RuntimeError, match="simulated crash"):
         exp.run_experiment(tiny_recipe, results_root=results, progress=False)
     assert json.loads((results / "tiny" / "metrics.json").read_text()) == {"old": True}
+
+
+def test_rescore_recomputes_reply_metrics_from_samples(tiny_recipe, tmp_path, capsys):
+    from sftlab.cli import main
+    from sftlab.experiment import rescore
+
+    out = run_experiment(tiny_recipe, results_root=tmp_path / "results", progress=False)
+    before = json.loads((out / "metrics.json").read_text())
+
+    # Unchanged samples: the same numbers come back, and run.json records the rescore.
+    assert rescore(out)["changed"] == {}
+    assert json.loads((out / "metrics.json").read_text()) == before
+
+    # One SFT reply now writes a turn marker: only that system's role-leak rate moves (0 -> 1/4 at most).
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    assert first["set"] == "heldout"
+    first["replies"]["sft"]["text"] = "Sure.<end_of_turn>\nuser\nAnd more?"
+    lines[0] = json.dumps(first)
+    (out / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["rescore", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "sft.heldout.role_leak_rate" in printed
+    after = json.loads((out / "metrics.json").read_text())
+    assert after["systems"]["sft"]["heldout"]["role_leak_rate"]["value"] > before["systems"]["sft"]["heldout"]["role_leak_rate"]["value"]
+    assert after["systems"]["base_chat"] == before["systems"]["base_chat"]
+    assert after["heldout_loss"] == before["heldout_loss"]  # needs the model: kept as it was
+    run = json.loads((out / "run.json").read_text())
+    assert len(run["rescored"]) == 2 and "sft.heldout.role_leak_rate" in run["rescored"][1]["changed"]
+
+
+def test_rescore_names_missing_files(tmp_path):
+    from sftlab.errors import ConfigError
+    from sftlab.experiment import rescore
+
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(ConfigError, match="samples.jsonl"):
+        rescore(tmp_path)

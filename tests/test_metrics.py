@@ -20,6 +20,7 @@ from sftlab.metrics import (
     perplexity,
     reply_length,
     role_leak,
+    role_leak_match,
     rouge_l,
     rouge_l_per_item,
     stop_rate,
@@ -155,6 +156,13 @@ def test_stop_rate():
         "Paris.\nuser\nWhat about Italy?",  # Gemma turn header, special tokens stripped
         "Paris.\n<|user|>\nNext question",
         "Assistant: Paris is the capital of France.",
+        # Rule 5, from the base model's replies with the Gemma template (results/default):
+        # a junk token stands where <start_of_turn> belongs, glued to the role name.
+        "Write headlines for the product. mendatang\npaymentsmodel\n\"I want you to act as a writer",
+        "that will help answer my questions. mendatanguser\n醍\nHi, you are a highly knowledgeable",
+        "Use numbers (1., 2., 3., 4.).\nificationmodel\nGive four simple steps for",
+        "Include the words \"warm\" and \"cozy\". mendatang\n年度model\nWrite a short paragraph",
+        "Sure! mendatangassistant \nHere is more.",
     ],
 )
 def test_role_leak_positive(reply):
@@ -173,11 +181,51 @@ def test_role_leak_positive(reply):
         "Our tests cover:\n- user accounts\n- model loading",
         "A good assistant listens first.\nThen it answers.",
         "## Instructions for use\nShake well.",  # "Instructions" is not the header word "Instruction"
+        # Rule 5 must not read paths, identifiers, hashtags or ordinary words as glued headers
+        # (the last four are from real ShareGPT replies).
+        "```bash\ncd /home/user\nls\n```",
+        "Set the owner to my_user\nthen restart.",
+        "DB_DATABASE=laravel\nDB_USERNAME=laraveluser\nDB_PASSWORD=password",
+        "python manage.py createsuperuser\nThis will prompt you for a name.",
+        "* A scented candle or essential oil diffuser\n* A small desk accessory",
+        "Help with your remodel? #TaskRabbit #HomeRemodel\n13. Want some curb appeal?",
+        "We fitted a v2model\nand it worked.",
+        "Protect the ecosystem\nand the river.",  # "system" is not part of rule 5
+        "This line ends in the model\nand goes on.",  # a space before the role name: prose
         "",
     ],
 )
 def test_role_leak_negative(reply):
     assert not role_leak(reply)
+
+
+@pytest.mark.slow
+def test_glued_header_rule_flags_no_real_sharegpt_reply():
+    # Human-written ShareGPT replies never open a turn of their own, so every reply rule 5
+    # flags there is a false positive: there must be none (37,450 replies).
+    from sftlab.data import load_conversations
+    from sftlab.metrics import _GLUED_ROLE_LINE, _glued_header
+
+    replies = [m["content"] for c in load_conversations("sharegpt", progress=False).conversations
+               for m in c["messages"] if m["role"] == "assistant"]
+    assert len(replies) > 30_000
+    flagged = [r for r in replies if any(_glued_header(m) for m in _GLUED_ROLE_LINE.finditer(r))]
+    assert flagged == []
+
+
+@pytest.mark.parametrize(
+    "reply, rule, text",
+    [
+        ("Paris.<end_of_turn>\nuser\nHi", 1, "<end_of_turn>"),
+        ("Paris.\n**User:** and Spain?", 2, "**User:"),
+        ("Here you go.\n### Instruction:\nWrite.", 3, "### Instruction"),
+        ("Paris.\nuser\nWhat about Italy?", 4, "user\nW"),
+        ("Done. mendatang\npaymentsmodel\nWrite a poem", 5, "paymentsmodel\nW"),
+    ],
+)
+def test_role_leak_match_names_the_rule_and_the_text(reply, rule, text):
+    assert role_leak_match(reply) == (rule, text)
+    assert role_leak_match("Paris is the capital of France.") is None
 
 
 def test_role_leak_markers_are_configurable():

@@ -250,6 +250,18 @@ def test_run_summary_and_which_run_note(results):
     assert "CPU" in df.loc["hardware", "value"]
     note = R.which_run_note(results)
     assert "default CPU run" in note and "15.0 min" in note and "configs/full.yaml" in note
+    assert "re-scored" not in note
+
+
+def test_which_run_note_says_when_metrics_were_rescored(results):
+    results.run["rescored"] = [
+        {"at": "2026-11-28T02:30:00Z", "git_commit": "abcdef0123", "changed": {}},
+        {"at": "2026-11-29T10:00:00Z", "git_commit": "0123abcdef",
+         "changed": {"base_chat.heldout.role_leak_rate": [0.0, 0.2]}},
+    ]
+    note = R.which_run_note(results)
+    assert "re-scored" in note and "2026-11-29" in note and "0123abc" in note
+    assert "`base_chat.heldout.role_leak_rate`" in note and "2026-11-28" not in note  # no-op rescores are not news
 
 
 def test_data_steps_table_follows_the_report(results):
@@ -313,6 +325,18 @@ def test_repetition_table_counts_loops(results):
     results.samples[0]["replies"]["sft"]["text"] = "go go go go go go go go"
     df = R.repetition_table(results)
     assert df.loc["LoRA SFT", "looping (distinct-2 < 0.5)"] == "33%"
+
+
+def test_role_leak_table_lists_each_flagged_reply_with_its_rule(results):
+    assert R.role_leak_table(results).empty
+    results.samples[0]["replies"]["base_chat"]["text"] = "Sure thing. mendatang\npaymentsmodel\nWrite me a poem."
+    df = R.role_leak_table(results)
+    assert len(df) == 1
+    row = df.iloc[0]
+    assert row["system"] == R.label("base_chat") and row["prompt set"] == "heldout"
+    assert row["rule"].startswith("5.") and "paymentsmodel⏎W" in row["excerpt"]
+    assert f"{R.label('base_chat')} 1 of" in R.role_leak_sentence(results)
+    assert f"{R.label('sft')} 0 of" in R.role_leak_sentence(results)
 
 
 def test_example_conversation_prefers_multi_turn(results):

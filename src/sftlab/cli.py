@@ -2,6 +2,7 @@
 
   sftlab data --config FILE   print the data report of a recipe
   sftlab run FILE             train and evaluate; write results/NAME/
+  sftlab rescore DIR          recompute a run's reply metrics from its samples.jsonl
 """
 
 from __future__ import annotations
@@ -36,6 +37,17 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_rescore(args) -> int:
+    from .experiment import rescore
+
+    entry = rescore(args.results_dir)
+    changed = entry["changed"]
+    print(f"{args.results_dir}: {len(changed)} metric value(s) changed")
+    for key, (before, after) in sorted(changed.items()):
+        print(f"  {key}: {before} -> {after}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sftlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue an interrupted run of the same config from its last checkpoint")
     run.set_defaults(func=_cmd_run)
+    rescore = sub.add_parser("rescore", help="recompute a finished run's reply metrics from samples.jsonl "
+                                             "(after a metric changed); the held-out loss is kept")
+    rescore.add_argument("results_dir", help="a finished run folder, e.g. results/default")
+    rescore.set_defaults(func=_cmd_rescore)
     return parser
 
 

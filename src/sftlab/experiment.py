@@ -185,6 +185,112 @@ def _last_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def score_systems(
+    replies: dict, heldout_refs: list[str], if_records: list[dict], *, embeddings: bool, n_resamples: int, seed: int
+) -> dict:
+    """The reply metrics of every system: {system: {"heldout": {...}, "ifeval": {...}}}.
+
+    `replies[system]` holds "heldout" and "ifeval" lists of {"text", "stopped"}, aligned
+    with `heldout_refs` and `if_records`. Used by a run and by `rescore`.
+    """
+    from . import ifeval as ifeval_mod
+    from . import metrics as M
+
+    out = {}
+    for label, rep in replies.items():
+        if len(rep["heldout"]) != len(heldout_refs):
+            raise ValueError(f"{label}: {len(rep['heldout'])} held-out replies for {len(heldout_refs)} references")
+        records = [{"reply": r["text"], "reference": ref, "stopped": r["stopped"]}
+                   for r, ref in zip(rep["heldout"], heldout_refs)]
+        entry = {"heldout": M.summarize(records, embeddings=embeddings, n_resamples=n_resamples, seed=seed)}
+        if if_records:
+            entry["ifeval"] = ifeval_mod.ifeval_accuracy(if_records, [r["text"] for r in rep["ifeval"]],
+                                                         n_resamples=n_resamples, seed=seed)
+            entry["ifeval"]["stop_rate"] = M.stop_rate([r["stopped"] for r in rep["ifeval"]])
+        out[label] = entry
+    return out
+
+
+def score_losses(losses: dict, *, n_resamples: int, seed: int) -> dict:
+    """Held-out assistant-token loss per system, pooled over tokens, with a bootstrap CI over conversations."""
+    from . import metrics as M
+
+    def pooled(rows):
+        rows = np.asarray(rows)
+        return float(rows[:, 0].sum() / rows[:, 1].sum())
+
+    out = {}
+    for label, loss in losses.items():
+        rows = [[s, n] for s, n in loss["per_conversation"] if n > 0]
+        lo, hi = M.bootstrap_ci(rows, stat=pooled, n_resamples=n_resamples, seed=seed)
+        out[label] = {
+            "mean_nll": loss["mean_nll"], "ci": [lo, hi],
+            "perplexity": M.perplexity(loss["mean_nll"]), "n_conversations": len(rows),
+            "n_tokens": int(sum(n for _, n in rows)),
+        }
+    return out
+
+
+RESULT_FILES = ("config.yaml", "samples.jsonl", "metrics.json", "run.json")
+
+
+def rescore(results_dir: str | Path) -> dict:
+    """Recompute the reply metrics of a finished run from its samples.jsonl; no model is loaded.
+
+    For a change to a metric (e.g. a better role-leak rule): the replies, stop flags,
+    references and IFEval checks are all in samples.jsonl. The held-out loss needs the
+    model and is kept as it is. metrics.json is replaced atomically and run.json gains a
+    "rescored" entry (when, at which commit, which values changed). Returns that entry.
+    """
+    folder = Path(results_dir)
+    missing = [f for f in RESULT_FILES if not (folder / f).is_file()]
+    if missing:
+        raise ConfigError(f"{folder} is not a finished run folder: missing {', '.join(missing)}")
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    eval_cfg = {**EVAL_DEFAULTS, **(config.get("evaluation") or {})}
+    old = json.loads((folder / "metrics.json").read_text())
+    replies: dict = {s: {"heldout": [], "ifeval": []} for s in old["systems"]}
+    heldout_refs, if_records = [], []
+    with open(folder / "samples.jsonl", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            row = json.loads(line)
+            if set(row["replies"]) != set(replies):
+                raise ConfigError(f"samples.jsonl line {lineno} ({row.get('id')}): systems "
+                                  f"{sorted(row['replies'])} differ from metrics.json's {sorted(replies)}")
+            if row["set"] == "heldout":
+                heldout_refs.append(row["reference"])
+            elif row["set"] == "ifeval":
+                if_records.append({"id": row["id"], "prompt": row["prompt"][-1]["content"], "checks": row["checks"]})
+            else:
+                raise ConfigError(f"samples.jsonl line {lineno} ({row.get('id')}): unknown set {row['set']!r}")
+            for s, r in row["replies"].items():
+                replies[s][row["set"]].append({"text": r["text"], "stopped": r["stopped"]})
+    systems = score_systems(replies, heldout_refs, if_records, embeddings=bool(eval_cfg["embedding_similarity"]),
+                            n_resamples=int(eval_cfg["bootstrap_resamples"]), seed=int(config.get("seed", 0)))
+    def value(tree, s, part, key):
+        item = tree.get(s, {}).get(part, {}).get(key)
+        return item.get("value") if isinstance(item, dict) else None
+
+    changed = {
+        f"{s}.{part}.{key}": [value(old["systems"], s, part, key), value(systems, s, part, key)]
+        for s, parts in systems.items() for part, new in parts.items() for key in new
+        if value(systems, s, part, key) is not None
+        and value(old["systems"], s, part, key) != value(systems, s, part, key)
+    }
+    metrics = {**old, "systems": systems}
+    tmp = folder / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2))
+    tmp.replace(folder / "metrics.json")
+    run = json.loads((folder / "run.json").read_text())
+    entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git_commit": _git_commit(),
+             "changed": changed}
+    run.setdefault("rescored", []).append(entry)
+    tmp = folder / ".run.json.tmp"
+    tmp.write_text(json.dumps(run, indent=2))
+    tmp.replace(folder / "run.json")
+    return entry
+
+
 def run_experiment(
     config_path: str | Path,
     *,
@@ -357,30 +463,11 @@ def run_experiment(
         _log("scoring")
         t = time.time()
         n_boot = int(eval_cfg["bootstrap_resamples"])
-        metrics: dict = {"systems": {}, "heldout_loss": {}}
-        for label, out in replies.items():
-            records = [{"reply": r["text"], "reference": ref, "stopped": r["stopped"]}
-                       for r, ref in zip(out["heldout"], heldout_refs)]
-            entry = {"heldout": M.summarize(records, embeddings=bool(eval_cfg["embedding_similarity"]),
-                                            n_resamples=n_boot, seed=seed)}
-            if if_records:
-                entry["ifeval"] = ifeval_mod.ifeval_accuracy(if_records, [r["text"] for r in out["ifeval"]],
-                                                             n_resamples=n_boot, seed=seed)
-                entry["ifeval"]["stop_rate"] = M.stop_rate([r["stopped"] for r in out["ifeval"]])
-            metrics["systems"][label] = entry
-        for label, loss in losses.items():
-            rows = [[s, n] for s, n in loss["per_conversation"] if n > 0]
-
-            def pooled(rows):
-                rows = np.asarray(rows)
-                return float(rows[:, 0].sum() / rows[:, 1].sum())
-
-            lo, hi = M.bootstrap_ci(rows, stat=pooled, n_resamples=n_boot, seed=seed)
-            metrics["heldout_loss"][label] = {
-                "mean_nll": loss["mean_nll"], "ci": [lo, hi],
-                "perplexity": M.perplexity(loss["mean_nll"]), "n_conversations": len(rows),
-                "n_tokens": int(sum(n for _, n in rows)),
-            }
+        metrics = {
+            "systems": score_systems(replies, heldout_refs, if_records, embeddings=bool(eval_cfg["embedding_similarity"]),
+                                     n_resamples=n_boot, seed=seed),
+            "heldout_loss": score_losses(losses, n_resamples=n_boot, seed=seed),
+        }
         (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
         timings["score_s"] = time.time() - t
 

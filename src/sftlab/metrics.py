@@ -50,6 +50,20 @@ _HEADER_LINE = re.compile(r"^[ \t]*#{2,}[ \t]*(?:instruction|input|human|user)\b
 # A lowercase role name alone on a line, with text after it: what a Gemma or
 # ChatML turn header looks like once its special tokens are stripped on decode.
 _BARE_ROLE_LINE = re.compile(r"^(?:user|model|assistant|system)[ \t]*\n[ \t]*\S", re.MULTILINE)
+# A lowercase role name glued to the end of a line and followed by text: a turn
+# header whose opening special token the model replaced by an ordinary token.
+# The base model with the Gemma template writes "...answer. mendatang\npaymentsmodel\n<new turn>":
+# "payments" stands where <start_of_turn> belongs. "system" is left out: "ecosystem",
+# "filesystem" and "subsystem" end lines in ordinary prose and code.
+_GLUED_ROLE_LINE = re.compile(
+    r"(?<![\w=#@$/\\.\-])(?P<word>[^\W\d_]*)(?<=[^\W\d_])(?P<role>user|model|assistant)[ \t]*\n[ \t]*\S"
+)
+# Endings of ordinary words that end in a role name: "superuser", "diffuser",
+# "abuser", "accuser", "peruser", "remodel", "supermodel"... (lowercase, checked with endswith).
+_GLUED_ROLE_WORD_ENDINGS = (
+    "superuser", "enduser", "multiuser", "nonuser", "poweruser", "fuser", "buser", "cuser", "ruser", "muser",
+    "remodel", "supermodel", "submodel", "metamodel", "premodel", "viewmodel", "datamodel", "basemodel",
+)
 
 
 # --------------------------------------------------------------------------- words
@@ -274,6 +288,15 @@ def role_leak(reply: str, *, markers: Sequence[str] = TEMPLATE_MARKERS) -> bool:
     4. A line is exactly a lowercase role name (user, model, assistant,
        system) and a non-empty line follows: a Gemma or ChatML turn header
        whose special tokens were stripped on decoding ("...<end_of_turn>\\nuser\\nHi" -> "...\\nuser\\nHi").
+    5. A line ends in a lowercase role name (user, model, assistant) glued to
+       the letters before it, and a non-empty line follows: a turn header whose
+       opening special token the model replaced by an ordinary token
+       ("Sure. mendatang\\npaymentsmodel\\nWrite a poem" -> True). Paths,
+       identifiers, hashtags ("/home/user", "my_user", "=laraveluser",
+       "#HomeRemodel") and words such as "superuser", "diffuser" or
+       "remodel" do not count; "system" is left out of this
+       rule ("ecosystem"). A junk token followed by a space ("davranış model")
+       is not caught: the rule would then flag "define model" and "data model".
 
     Mentions inside a sentence do not count:
     "Paris.<end_of_turn>" -> True;  "Paris.\\nUser: and Rome?" -> True
@@ -282,9 +305,35 @@ def role_leak(reply: str, *, markers: Sequence[str] = TEMPLATE_MARKERS) -> bool:
     A reply that was asked to write a dialogue with "User:" lines is flagged
     too: the rule reads the reply, not the prompt.
     """
-    if any(m and m in reply for m in markers):
-        return True
-    return bool(_LABEL_LINE.search(reply) or _HEADER_LINE.search(reply) or _BARE_ROLE_LINE.search(reply))
+    return role_leak_match(reply, markers=markers) is not None
+
+
+def role_leak_match(reply: str, *, markers: Sequence[str] = TEMPLATE_MARKERS) -> tuple[int, str] | None:
+    """Why `role_leak` flags a reply: (rule number, the text that matched), or None.
+
+    The first rule that matches wins, in the order `role_leak` lists them.
+    "Paris.\\nUser: and Rome?" -> (2, "User:");  "Paris." -> None
+    """
+    for m in markers:
+        if m and m in reply:
+            return 1, m
+    for rule, pattern in ((2, _LABEL_LINE), (3, _HEADER_LINE), (4, _BARE_ROLE_LINE)):
+        found = pattern.search(reply)
+        if found:
+            return rule, found.group(0).strip()
+    for found in _GLUED_ROLE_LINE.finditer(reply):
+        if _glued_header(found):
+            return 5, found.group(0).strip()
+    return None
+
+
+def _glued_header(match: re.Match) -> bool:
+    """Rule 5 of role_leak for one candidate: a glued role name that is not part of an ordinary word."""
+    # The regex already refuses paths, identifiers, hashtags and mentions ("/home/user",
+    # "my_user", "DB_USERNAME=laraveluser", "#HomeRemodel", "v2model"); what is left
+    # to refuse here are ordinary words ending in a role name.
+    word = (match.group("word") + match.group("role")).lower()
+    return not word.endswith(_GLUED_ROLE_WORD_ENDINGS)
 
 
 # --------------------------------------------------------------------------- intervals

@@ -615,6 +615,12 @@ def which_run_note(results: Results) -> str:
     if not hw.get("gpu") and name != "full":
         text += (" The same recipe at GPU scale is `configs/full.yaml`; when `results/full/` exists, "
                  "the book shows that run instead.")
+    for entry in run.get("rescored") or []:
+        if entry.get("changed"):
+            keys = ", ".join(f"`{k}`" for k in sorted(entry["changed"]))
+            text += (f" Its reply metrics were re-scored from the saved replies on {entry['at'][:10]} "
+                     f"(`sftlab rescore`, commit {str(entry.get('git_commit'))[:7]}) after a metric changed; "
+                     f"values that moved: {keys}.")
     if results.stale:
         text += (f" **Warning:** `configs/{name}.yaml` changed after this run; "
                  f"re-run `sftlab run configs/{name}.yaml` to bring the book up to date.")
@@ -976,6 +982,51 @@ def repetition_table(results: Results, set: str = "heldout", threshold: float = 
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "system"
     return df
+
+
+ROLE_LEAK_RULES = {
+    1: "template marker",
+    2: "speaker label",
+    3: "request header",
+    4: "bare turn header",
+    5: "turn header glued to a stray token",
+}
+
+
+def role_leak_table(results: Results, context: int = 40) -> pd.DataFrame:
+    """Every reply flagged as a role leak, in both prompt sets: system, prompt, rule and the text around the match.
+
+    The rules are those of `sftlab.metrics.role_leak`; newlines in the excerpt show as "⏎".
+    """
+    from .metrics import role_leak_match
+
+    rows = []
+    for set_ in ("heldout", "ifeval"):
+        for sample in samples(results, set_):
+            for s in results.systems:
+                reply = sample["replies"].get(s)
+                hit = role_leak_match(reply["text"]) if reply else None
+                if hit is None:
+                    continue
+                rule, text = hit
+                at = reply["text"].find(text)
+                excerpt = reply["text"][max(0, at - context): at + len(text) + context]
+                rows.append({"system": label(s), "prompt set": set_, "prompt": str(sample["id"]),
+                             "rule": f"{rule}. {ROLE_LEAK_RULES[rule]}",
+                             "excerpt": "…" + excerpt.replace("\n", "⏎") + "…"})
+    return pd.DataFrame(rows, columns=["system", "prompt set", "prompt", "rule", "excerpt"])
+
+
+def role_leak_sentence(results: Results) -> str:
+    """How many replies of each system leak a role, over both prompt sets, as one sentence."""
+    df = role_leak_table(results)
+    parts = []
+    for s in results.systems:
+        n = sum(len([x for x in samples(results, set_) if s in x["replies"]]) for set_ in ("heldout", "ifeval"))
+        if n:
+            parts.append(f"{label(s)} {int((df['system'] == label(s)).sum())} of {n}")
+    return ("Replies that write template markup or open a turn of their own, over both prompt sets: "
+            + "; ".join(parts) + ".")
 
 
 # --------------------------------------------------------------------------- tokens
