@@ -80,6 +80,18 @@ VARIANTS = {
         "trainable_tokens": False,
         "about": "sftlab as configured, no trainable token row (same LoRA as trl-default)",
     },
+    "sftlab-gc": {
+        "kind": "sftlab",
+        "trainable_tokens": True,
+        "training": {"gradient_checkpointing": True},
+        "about": "sftlab + gradient checkpointing (recompute activations, as trl-default does)",
+    },
+    "sftlab-no-tt-gc": {
+        "kind": "sftlab",
+        "trainable_tokens": False,
+        "training": {"gradient_checkpointing": True},
+        "about": "sftlab-no-tt + gradient checkpointing: memory like for like with trl-default",
+    },
     "sftlab-no-tt-grouped": {
         "kind": "sftlab",
         "trainable_tokens": False,

@@ -3,6 +3,7 @@
   sftlab data --config FILE   print the data report of a recipe
   sftlab run FILE             train and evaluate; write results/NAME/
   sftlab rescore DIR          recompute a run's reply metrics from its samples.jsonl
+  sftlab compare DIR_A DIR_B  does run B's every metric lie inside run A's 95% interval?
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ def _cmd_rescore(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from .compare import compare_metrics, format_comparison, read_metrics
+
+    result = compare_metrics(read_metrics(args.a), read_metrics(args.b))
+    print(format_comparison(result, str(args.a), str(args.b)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sftlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                                              "(after a metric changed); the held-out loss is kept")
     rescore.add_argument("results_dir", help="a finished run folder, e.g. results/default")
     rescore.set_defaults(func=_cmd_rescore)
+    compare = sub.add_parser("compare", help="compare two runs' metrics: is each of B's values inside A's 95% interval?")
+    compare.add_argument("a", help="the reference run folder, e.g. results/default")
+    compare.add_argument("b", help="the other run folder, e.g. a re-run from a fresh clone")
+    compare.set_defaults(func=_cmd_compare)
     return parser
 
 

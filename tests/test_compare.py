@@ -1,0 +1,65 @@
+"""sftlab compare: is a re-run inside the committed run's intervals?"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from sftlab.cli import main
+from sftlab.compare import compare_metrics, flatten_metrics
+from sftlab.errors import ConfigError
+
+METRICS = {
+    "systems": {
+        "sft": {
+            "heldout": {"n": 30, "rougeL": {"value": 0.24, "ci": [0.20, 0.28]},
+                        "distinct_1": {"value": 0.3, "ci": None}},
+            "ifeval": {"prompt_level": {"value": 0.15, "ci": [0.07, 0.25]}, "stop_rate": 0.88,
+                       "per_type": {"max_words": {"value": 0.5, "ci": [0.25, 0.75], "n": 8}}},
+        },
+    },
+    "heldout_loss": {"sft": {"mean_nll": 1.78, "ci": [1.59, 1.99], "perplexity": 5.9}},
+}
+
+
+def test_flatten_names_every_numeric_metric():
+    flat = flatten_metrics(METRICS)
+    assert flat["sft.heldout.rougeL"] == {"value": 0.24, "ci": [0.20, 0.28]}
+    assert flat["sft.ifeval.per_type.max_words"]["ci"] == [0.25, 0.75]
+    assert flat["sft.ifeval.stop_rate"] == {"value": 0.88, "ci": None}
+    assert flat["loss.sft.mean_nll"]["value"] == 1.78
+    assert "sft.heldout.n" in flat
+
+
+def test_identical_runs_are_inside_every_interval():
+    result = compare_metrics(METRICS, copy.deepcopy(METRICS))
+    assert result["outside"] == [] and result["inside"] == 4 and result["without_interval"] == 3
+
+
+def test_a_value_outside_the_interval_is_named():
+    b = copy.deepcopy(METRICS)
+    b["systems"]["sft"]["heldout"]["rougeL"]["value"] = 0.31
+    del b["heldout_loss"]
+    result = compare_metrics(METRICS, b)
+    assert result["outside"] == ["sft.heldout.rougeL"]
+    assert result["only_in_a"] == ["loss.sft.mean_nll"]
+    row = next(r for r in result["rows"] if r["metric"] == "sft.heldout.rougeL")
+    assert row["diff"] == pytest.approx(0.07) and row["inside"] is False
+
+
+def test_cli_prints_the_verdict_and_names_a_missing_folder(tmp_path, capsys):
+    for name, rouge in (("a", 0.24), ("b", 0.5)):
+        (tmp_path / name).mkdir()
+        m = copy.deepcopy(METRICS)
+        m["systems"]["sft"]["heldout"]["rougeL"]["value"] = rouge
+        (tmp_path / name / "metrics.json").write_text(json.dumps(m))
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "3 of 4 values" in out and "outside: sft.heldout.rougeL" in out
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    with pytest.raises(ConfigError):
+        from sftlab.compare import read_metrics
+        read_metrics(tmp_path / "nowhere")
