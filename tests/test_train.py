@@ -64,6 +64,33 @@ def test_labelled_position_loss_with_lora_and_trainable_end_of_turn(chat_setup):
     assert token_grads and any(g.abs().sum() > 0 for g in token_grads)  # the <end_of_turn> row learns
 
 
+def test_chunked_loss_gives_the_same_loss_and_gradients(chat_setup):
+    # Under gradient checkpointing the output layer runs a few labelled positions at a time
+    # and is recomputed in backward: loss and every gradient (LoRA and the <end_of_turn> row) must not change.
+    from peft import get_peft_model
+
+    model, tok, fmt = chat_setup
+    lora = build_lora_config({"r": 4, "lora_alpha": 8, "target_modules": "all-linear", "init_lora_weights": False,
+                              "trainable_token_indices": ["<end_of_turn>"]}, tok, fmt)
+    peft_model = get_peft_model(model, lora)
+    batch = _batch(tok, CONVS)
+    n_labelled = int((batch["labels"][:, 1:] != -100).sum())
+    assert n_labelled > 3  # so that chunks of 3 really split the positions
+
+    def loss_and_grads(chunk_size):
+        peft_model.zero_grad()
+        loss = labelled_position_loss(peft_model, batch, chunk_size=chunk_size)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.grad is not None}
+
+    whole, grads = loss_and_grads(None)
+    chunked, chunked_grads = loss_and_grads(3)
+    assert torch.allclose(chunked, whole, atol=1e-6)
+    assert grads.keys() == chunked_grads.keys() and any("token_adapter" in n for n in grads)
+    for name in grads:
+        assert torch.allclose(chunked_grads[name], grads[name], atol=1e-6, rtol=1e-4), name
+
+
 def test_trainable_tokens_by_name_and_unknown_name(chat_setup):
     _, tok, _ = chat_setup
     assert resolve_token_indices(["<end_of_turn>", 3], tok) == [tok.convert_tokens_to_ids("<end_of_turn>"), 3]
@@ -115,3 +142,26 @@ def test_disabled_adapter_is_exactly_the_base_model(chat_setup):
             disabled = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert not torch.allclose(trained, base_logits, atol=1e-3)
     assert torch.allclose(disabled, base_logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_training_chunks_the_output_layer_only_under_gradient_checkpointing(chat_setup, tmp_path, monkeypatch,
+                                                                            checkpointing):
+    import sftlab.train as T
+
+    model, tok, fmt = chat_setup
+    seen = []
+    original = T.labelled_position_loss
+
+    def spy(*args, chunk_size=None, **kwargs):
+        seen.append(chunk_size)
+        return original(*args, chunk_size=chunk_size, **kwargs)
+
+    monkeypatch.setattr(T, "labelled_position_loss", spy)
+    ds, _ = encode_dataset(CONVS * 2, tok, max_length=None, progress=False)
+    config = {"lora": {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"},
+              "training": {"max_steps": 2, "per_device_train_batch_size": 2, "bf16": False,
+                           "gradient_checkpointing": checkpointing, "save_strategy": "no"}}
+    peft_model, stats = T.train_lora(copy.deepcopy(model), tok, fmt, ds, ds, config, tmp_path, tmp_path / "log.jsonl")
+    assert stats["global_steps"] == 2
+    assert seen and set(seen) == {T.LOSS_CHUNK_SIZE if checkpointing else None}

@@ -131,6 +131,39 @@ def _log_callback(path: Path):
     return JsonlLog()
 
 
+# Labelled positions per output-layer chunk when training with gradient checkpointing.
+LOSS_CHUNK_SIZE = 256
+
+
+def _labelled_hidden(model, inputs):
+    """(inner model, hidden states at labelled positions, their targets, keep mask): the body, run once."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    # use_cache=False matters for padding-free batches (several sequences flattened into one
+    # row, with position_ids and no attention mask): transformers keeps the sequences apart
+    # only when there is no KV cache; with one, every token attends to the earlier sequences.
+    hidden = inner.model(**body_inputs, use_cache=False).last_hidden_state
+    keep = inputs["labels"][:, 1:] != -100
+    return inner, hidden[:, :-1][keep], inputs["labels"][:, 1:][keep], keep
+
+
+def _project(inner, hidden):
+    """Output layer (through PEFT's wrappers, if any) and Gemma's final-logit softcap, in fp32."""
+    import torch
+
+    logits = inner.lm_head(hidden).float()
+    cap = getattr(inner.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def _chunk_loss_sum(inner, hidden, targets):
+    import torch.nn.functional as F
+
+    return F.cross_entropy(_project(inner, hidden), targets, reduction="sum")
+
+
 def labelled_logits(model, inputs):
     """Logits at the positions whose next token is labelled, with those targets.
 
@@ -141,35 +174,35 @@ def labelled_logits(model, inputs):
     label. Training (`labelled_position_loss`) and held-out scoring
     (`sftlab.evaluate.assistant_nll`) both use it.
     """
-    import torch
-
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    body_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
-    # use_cache=False matters for padding-free batches (several sequences flattened into one
-    # row, with position_ids and no attention mask): transformers keeps the sequences apart
-    # only when there is no KV cache; with one, every token attends to the earlier sequences.
-    hidden = inner.model(**body_inputs, use_cache=False).last_hidden_state
-    keep = inputs["labels"][:, 1:] != -100
-    logits = inner.lm_head(hidden[:, :-1][keep]).float()
-    cap = getattr(inner.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits, inputs["labels"][:, 1:][keep], keep
+    inner, hidden, targets, keep = _labelled_hidden(model, inputs)
+    return _project(inner, hidden), targets, keep
 
 
-def labelled_position_loss(model, inputs, num_items_in_batch=None):
+def labelled_position_loss(model, inputs, num_items_in_batch=None, chunk_size: int | None = None):
     """Causal-LM loss that runs the output layer only where a label exists.
 
     Hand-written because TRL's fused LM head (its default loss path) scores every
     position and reads `lm_head.bias`, which PEFT's trainable-token wrapper on a tied
     head does not expose. The loss equals the usual mean cross-entropy over labelled
     tokens (tests compare the two); see `labelled_logits`.
+
+    With `chunk_size`, the labelled positions go through the output layer `chunk_size`
+    at a time under activation checkpointing: each chunk's [chunk, 262144] logits are
+    freed once its loss is summed and recomputed in the backward pass. Same loss and
+    gradients (tested), less peak memory, one more output-layer product per chunk.
     """
     import torch
-    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
 
-    logits, targets, keep = labelled_logits(model, inputs)
-    loss_sum = F.cross_entropy(logits, targets, reduction="sum")
+    inner, hidden, targets, keep = _labelled_hidden(model, inputs)
+    if chunk_size is None or hidden.shape[0] <= chunk_size:
+        loss_sum = _chunk_loss_sum(inner, hidden, targets)
+    else:
+        loss_sum = sum(
+            checkpoint(_chunk_loss_sum, inner, hidden[i:i + chunk_size], targets[i:i + chunk_size],
+                       use_reentrant=False)
+            for i in range(0, hidden.shape[0], chunk_size)
+        )
     denom = num_items_in_batch if num_items_in_batch is not None else keep.sum()
     return loss_sum / torch.as_tensor(denom, device=loss_sum.device).clamp(min=1)
 
@@ -181,8 +214,10 @@ def _trainer_class():
         """SFTTrainer whose loss scores only labelled positions (see `labelled_position_loss`)."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            # A recipe that recomputes activations to save memory also recomputes the output layer in chunks.
+            chunk = LOSS_CHUNK_SIZE if self.args.gradient_checkpointing else None
             with self.accelerator.autocast():
-                loss = labelled_position_loss(model, inputs, num_items_in_batch)
+                loss = labelled_position_loss(model, inputs, num_items_in_batch, chunk_size=chunk)
             if model.training and not bool(loss.detach().isfinite()):
                 # Checked here, not in the logs: Trainer's logging_nan_inf_filter hides NaN losses.
                 raise FloatingPointError(
