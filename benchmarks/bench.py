@@ -92,6 +92,12 @@ VARIANTS = {
         "training": {"gradient_checkpointing": True},
         "about": "sftlab-no-tt + gradient checkpointing: memory like for like with trl-default",
     },
+    "sftlab-padding-free": {
+        "kind": "sftlab",
+        "trainable_tokens": True,
+        "training": {"padding_free": True},
+        "about": "sftlab + padding-free batches (the candidate for the default recipe)",
+    },
     "sftlab-no-tt-grouped": {
         "kind": "sftlab",
         "trainable_tokens": False,
