@@ -54,7 +54,7 @@ FULL = {
     "warmup_steps": 2,  # untimed: the first steps pay one-off costs (allocation, kernel selection)
     "steps": 8,  # timed
     "prompts": 16,  # IFEval prompts, one user turn each
-    "generation_batch_size": 8,
+    "generation_batch_size": None,  # None: the recipe's evaluation.batch_size (what `sftlab run` uses), else 8
     "max_new_tokens": 64,
     "first_load": True,
 }
@@ -658,6 +658,8 @@ def parse_args(argv=None):
     p.add_argument("--data", help="conversation source (default: the config's data.source)")
     p.add_argument("--conversations", type=int, help="number of conversations (default 64; --smoke 8)")
     p.add_argument("--variants", help=f"comma-separated training variants (default all: {','.join(VARIANTS)})")
+    p.add_argument("--generation-batch-size", type=int,
+                   help="batched generation size (default: the recipe's evaluation.batch_size)")
     p.add_argument("--no-first-load", action="store_true", help="skip the first-load (dequantize) measurement")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--job", type=Path, help=argparse.SUPPRESS)
@@ -672,6 +674,10 @@ def make_settings(args, config: dict) -> dict:
         settings["conversations"] = args.conversations
     if args.no_first_load:
         settings["first_load"] = False
+    if args.generation_batch_size is not None:
+        settings["generation_batch_size"] = args.generation_batch_size
+    if settings["generation_batch_size"] is None:
+        settings["generation_batch_size"] = int((config.get("evaluation") or {}).get("batch_size") or 8)
     variants = list(dict.fromkeys(args.variants.split(","))) if args.variants else list(VARIANTS)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:

@@ -119,6 +119,14 @@ def test_settings_smoke_sizes_and_variant_choice():
         bench.make_settings(bench.parse_args(["--variants", "nope"]), {})
 
 
+def test_generation_batch_follows_the_recipe_unless_given():
+    recipe = {"evaluation": {"batch_size": 16}}
+    assert bench.make_settings(bench.parse_args([]), recipe)["generation_batch_size"] == 16
+    assert bench.make_settings(bench.parse_args([]), {})["generation_batch_size"] == 8
+    args = bench.parse_args(["--generation-batch-size", "4"])
+    assert bench.make_settings(args, recipe)["generation_batch_size"] == 4
+
+
 # -----------------------------------------------------------------------------
 # train.py fast paths, each against the padded path
 
