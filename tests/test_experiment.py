@@ -128,6 +128,32 @@ def test_rescore_recomputes_reply_metrics_from_samples(tiny_recipe, tmp_path, ca
     assert len(run["rescored"]) == 2 and "sft.heldout.role_leak_rate" in run["rescored"][1]["changed"]
 
 
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("{not json", "line 1: not valid JSON"),
+        ('{"set": "other", "id": "x"}', "line 1 (x): unknown set 'other'"),
+        ('{"set": "heldout", "id": "x", "replies": {}}', "line 1 (x): missing reference"),
+        ('{"set": "ifeval", "id": "x", "replies": {"sft": {"text": "hi"}}, "prompt": [], "checks": []}',
+         "line 1 (x): reply of sft has no stopped"),
+        ('{"set": "heldout", "id": "x", "reference": "r", "replies": {"base": {"text": "a", "stopped": true}}}',
+         "line 1 (x): systems ['base'] differ"),
+    ],
+)
+def test_rescore_names_the_bad_samples_line_and_key(tmp_path, row, message):
+    from sftlab.errors import ConfigError
+    from sftlab.experiment import rescore
+
+    (tmp_path / "config.yaml").write_text("name: x\n")
+    (tmp_path / "run.json").write_text("{}")
+    (tmp_path / "metrics.json").write_text('{"systems": {"sft": {}}}')
+    (tmp_path / "samples.jsonl").write_text(row + "\n")
+    with pytest.raises(ConfigError) as err:
+        rescore(tmp_path)
+    assert message in str(err.value)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"systems": {"sft": {}}}  # untouched
+
+
 def test_rescore_names_missing_files(tmp_path):
     from sftlab.errors import ConfigError
     from sftlab.experiment import rescore

@@ -285,6 +285,12 @@ def test_bootstrap_ci_empty_message():
         bootstrap_ci([])
 
 
+def test_pooled_ratio_weights_items_by_their_denominator():
+    # 3/4 and 1/4 pool to 4/8, not to the mean of the ratios; 1/1 and 0/3 pool to 1/4, not 0.5.
+    assert metrics.pooled_ratio([[3, 4], [1, 4]]) == 0.5
+    assert metrics.pooled_ratio([[1, 1], [0, 3]]) == 0.25
+
+
 def test_perplexity():
     assert perplexity(0.0) == 1.0
     assert perplexity(math.log(7.6)) == pytest.approx(7.6)

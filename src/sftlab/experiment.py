@@ -26,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from .config import config_hash, load_config, section
@@ -138,6 +137,13 @@ def _write_jsonl(path: Path, rows) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def _write_json_atomic(path: Path, value, indent: int | None = None) -> None:
+    """Write JSON through a temporary file renamed into place: a crash never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=indent))
+    tmp.replace(path)
+
+
 def _work_dir(results_root: Path, name: str, config: dict, resume: bool) -> Path:
     """The run's working folder: fresh, or the interrupted one when resuming the same config."""
     work = results_root / f".work-{name}"
@@ -168,9 +174,7 @@ class _Stages:
         return json.loads(path.read_text()) if path.exists() else None
 
     def put(self, name: str, value) -> None:
-        tmp = self.work / f"stage_{name}.json.tmp"
-        tmp.write_text(json.dumps(value))
-        tmp.rename(self.work / f"stage_{name}.json")
+        _write_json_atomic(self.work / f"stage_{name}.json", value)
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -215,14 +219,10 @@ def score_losses(losses: dict, *, n_resamples: int, seed: int) -> dict:
     """Held-out assistant-token loss per system, pooled over tokens, with a bootstrap CI over conversations."""
     from . import metrics as M
 
-    def pooled(rows):
-        rows = np.asarray(rows)
-        return float(rows[:, 0].sum() / rows[:, 1].sum())
-
     out = {}
     for label, loss in losses.items():
         rows = [[s, n] for s, n in loss["per_conversation"] if n > 0]
-        lo, hi = M.bootstrap_ci(rows, stat=pooled, n_resamples=n_resamples, seed=seed)
+        lo, hi = M.bootstrap_ci(rows, stat=M.pooled_ratio, n_resamples=n_resamples, seed=seed)
         out[label] = {
             "mean_nll": loss["mean_nll"], "ci": [lo, hi],
             "perplexity": M.perplexity(loss["mean_nll"]), "n_conversations": len(rows),
@@ -253,20 +253,16 @@ def rescore(results_dir: str | Path) -> dict:
     heldout_refs, if_records = [], []
     with open(folder / "samples.jsonl", encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
-            row = json.loads(line)
-            if set(row["replies"]) != set(replies):
-                raise ConfigError(f"samples.jsonl line {lineno} ({row.get('id')}): systems "
-                                  f"{sorted(row['replies'])} differ from metrics.json's {sorted(replies)}")
+            row = _sample_row(line, lineno, set(replies))
             if row["set"] == "heldout":
                 heldout_refs.append(row["reference"])
-            elif row["set"] == "ifeval":
-                if_records.append({"id": row["id"], "prompt": row["prompt"][-1]["content"], "checks": row["checks"]})
             else:
-                raise ConfigError(f"samples.jsonl line {lineno} ({row.get('id')}): unknown set {row['set']!r}")
+                if_records.append({"id": row["id"], "prompt": row["prompt"][-1]["content"], "checks": row["checks"]})
             for s, r in row["replies"].items():
                 replies[s][row["set"]].append({"text": r["text"], "stopped": r["stopped"]})
     systems = score_systems(replies, heldout_refs, if_records, embeddings=bool(eval_cfg["embedding_similarity"]),
                             n_resamples=int(eval_cfg["bootstrap_resamples"]), seed=int(config.get("seed", 0)))
+
     def value(tree, s, part, key):
         item = tree.get(s, {}).get(part, {}).get(key)
         return item.get("value") if isinstance(item, dict) else None
@@ -277,18 +273,40 @@ def rescore(results_dir: str | Path) -> dict:
         if value(systems, s, part, key) is not None
         and value(old["systems"], s, part, key) != value(systems, s, part, key)
     }
-    metrics = {**old, "systems": systems}
-    tmp = folder / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(folder / "metrics.json")
+    _write_json_atomic(folder / "metrics.json", {**old, "systems": systems}, indent=2)
     run = json.loads((folder / "run.json").read_text())
     entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git_commit": _git_commit(),
              "changed": changed}
     run.setdefault("rescored", []).append(entry)
-    tmp = folder / ".run.json.tmp"
-    tmp.write_text(json.dumps(run, indent=2))
-    tmp.replace(folder / "run.json")
+    _write_json_atomic(folder / "run.json", run, indent=2)
     return entry
+
+
+# Keys `rescore` reads from each samples.jsonl row, by prompt set, and from each reply.
+_SAMPLE_KEYS = {"heldout": ("id", "replies", "reference"), "ifeval": ("id", "replies", "prompt", "checks")}
+_REPLY_KEYS = ("text", "stopped")
+
+
+def _sample_row(line: str, lineno: int, systems: set) -> dict:
+    """One samples.jsonl row, checked; a bad row raises ConfigError naming its line, id and the key."""
+    where = f"samples.jsonl line {lineno}"
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: not valid JSON ({exc.msg})") from None
+    where += f" ({row.get('id')})"
+    if row.get("set") not in _SAMPLE_KEYS:
+        raise ConfigError(f"{where}: unknown set {row.get('set')!r}; expected one of {sorted(_SAMPLE_KEYS)}")
+    missing = [k for k in _SAMPLE_KEYS[row["set"]] if k not in row]
+    if missing:
+        raise ConfigError(f"{where}: missing {', '.join(missing)}")
+    if set(row["replies"]) != systems:
+        raise ConfigError(f"{where}: systems {sorted(row['replies'])} differ from metrics.json's {sorted(systems)}")
+    for s, r in row["replies"].items():
+        missing = [k for k in _REPLY_KEYS if k not in r]
+        if missing:
+            raise ConfigError(f"{where}: reply of {s} has no {', '.join(missing)}")
+    return row
 
 
 def run_experiment(

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from sftlab.errors import DataError
-from sftlab.metrics import bootstrap_ci, count_words
+from sftlab.metrics import bootstrap_ci, count_words, pooled_ratio
 
 PROMPTS_PATH = Path(__file__).resolve().parent / "prompts" / "ifeval.jsonl"
 
@@ -351,10 +351,6 @@ def ifeval_accuracy(
     prompt_flags = [float(s["prompt_level"]) for s in scores]
     rows = [[sum(s["instruction_results"]), len(s["instruction_results"])] for s in scores]
 
-    def pooled(rows) -> float:
-        rows = np.asarray(rows)
-        return float(rows[:, 0].sum() / rows[:, 1].sum())
-
     per_type_flags: dict[str, list[float]] = {}
     for rec, s in zip(records, scores):
         for check, ok in zip(rec["checks"], s["instruction_results"]):
@@ -362,7 +358,7 @@ def ifeval_accuracy(
 
     return {
         "prompt_level": {"value": float(np.mean(prompt_flags)), "ci": ci(prompt_flags)},
-        "instruction_level": {"value": pooled(rows), "ci": ci(rows, pooled)},
+        "instruction_level": {"value": pooled_ratio(rows), "ci": ci(rows, pooled_ratio)},
         "n_prompts": len(records),
         "n_instructions": int(sum(n for _, n in rows)),
         "per_type": {

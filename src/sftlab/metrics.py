@@ -376,6 +376,15 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
+def pooled_ratio(rows) -> float:
+    """Sum of the first column over sum of the second: a ratio pooled over items, for bootstrapping.
+
+    [[3, 4], [1, 4]] -> 0.5 (e.g. instructions followed / instructions, or NLL sum / tokens)
+    """
+    rows = np.asarray(rows, dtype=float)
+    return float(rows[:, 0].sum() / rows[:, 1].sum())
+
+
 def perplexity(mean_nll: float) -> float:
     """exp(mean negative log-likelihood per token, in nats): 2.02 -> 7.54, 0 -> 1.0."""
     if math.isnan(mean_nll) or mean_nll < 0:
@@ -465,8 +474,7 @@ def summarize(
         rows = [[float(m) * t, t] for m, t in zip(nll, n_tokens)]
 
         def pooled_ppl(rows) -> float:
-            rows = np.asarray(rows)
-            return perplexity(rows[:, 0].sum() / rows[:, 1].sum())
+            return perplexity(pooled_ratio(rows))
 
         out["perplexity"] = {"value": pooled_ppl(rows), "ci": ci(rows, pooled_ppl)}
     return out
