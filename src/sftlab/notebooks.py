@@ -49,7 +49,7 @@ class NotebookError(Exception):
 # The project and its book
 
 
-def project_root(start: Path | str | None = None) -> Path:
+def book_root(start: Path | str | None = None) -> Path:
     """The nearest folder at or above `start` (default: the working directory) that holds
     `_quarto.yml`, else the checkout this module lives in."""
     here = Path(start or Path.cwd()).resolve()
@@ -61,7 +61,7 @@ def project_root(start: Path | str | None = None) -> Path:
 
 def book_config(root: Path | None = None) -> dict:
     """The `book:` section of `_quarto.yml`."""
-    root = root or project_root()
+    root = root or book_root()
     config = yaml.safe_load((root / "_quarto.yml").read_text(encoding="utf-8")) or {}
     return config.get("book") or {}
 
@@ -108,7 +108,7 @@ def badge_block(chapter_stem: str, root: Path | None = None) -> str:
 def chapter_files(root: Path | None = None) -> list[Path]:
     """The chapters that become notebooks: `chapters/*.qmd`, index first, without the
     references page and partials (`_name.qmd`, Quarto's convention for included files)."""
-    root = root or project_root()
+    root = root or book_root()
     files = [
         p
         for p in (root / CHAPTERS_DIR).glob("*.qmd")
@@ -119,7 +119,7 @@ def chapter_files(root: Path | None = None) -> list[Path]:
 
 def missing_badges(root: Path | None = None) -> list[str]:
     """Stems of the chapters that lack their exact `badge_block` (as consecutive lines)."""
-    root = root or project_root()
+    root = root or book_root()
     missing = []
     for path in chapter_files(root):
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
@@ -301,7 +301,7 @@ def qmd_to_notebook(text: str, *, stem: str = "chapter", url: str, branch: str =
 
 def chapter_notebook(path: Path, root: Path | None = None):
     """The notebook of one chapter file, with the repository from `_quarto.yml`."""
-    root = root or project_root()
+    root = root or book_root()
     return qmd_to_notebook(
         path.read_text(encoding="utf-8"),
         stem=path.stem,
@@ -319,7 +319,7 @@ def export_notebooks(root: Path | None = None, out: Path | None = None, *, check
     """
     import nbformat
 
-    root = root or project_root()
+    root = root or book_root()
     out = Path(out) if out is not None else root / NOTEBOOKS_DIR
     changed, keep = [], set()
     for path in chapter_files(root):
@@ -378,7 +378,7 @@ def execute_notebook(path: Path, root: Path | None = None, *, timeout: int = 900
     import nbformat
     from nbclient import NotebookClient
 
-    root = root or project_root()
+    root = root or book_root()
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
@@ -408,7 +408,7 @@ def _failure(path: Path, nb, error: Exception) -> str:
 
 def execute_notebooks(paths: list[Path], root: Path | None = None, *, timeout: int = 900, log=print) -> dict:
     """Execute each notebook in turn, logging progress; return {name: seconds or NotebookError}."""
-    root = root or project_root()
+    root = root or book_root()
     results = {}
     for n, path in enumerate(paths, start=1):
         log(f"[{n}/{len(paths)}] {path.name}: running", flush=True)
@@ -428,7 +428,7 @@ def execute_notebooks(paths: list[Path], root: Path | None = None, *, timeout: i
 
 
 def _cmd_export(args) -> int:
-    root = project_root()
+    root = book_root()
     changed = export_notebooks(root, args.out, check=args.check)
     out = args.out or root / NOTEBOOKS_DIR
     if args.check:
@@ -448,7 +448,7 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_execute(args) -> int:
-    root = project_root()
+    root = book_root()
     folder = Path(args.dir) if args.dir else root / NOTEBOOKS_DIR
     if args.names:
         paths = [folder / (name if name.endswith(".ipynb") else f"{name}.ipynb") for name in args.names]
@@ -473,7 +473,7 @@ def _cmd_execute(args) -> int:
 
 
 def _cmd_badges(args) -> int:
-    root = project_root()
+    root = book_root()
     missing = missing_badges(root)
     if missing:
         print("chapter(s) without their Colab badge; put these lines near the top:", file=sys.stderr)

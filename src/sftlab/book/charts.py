@@ -1,10 +1,11 @@
-"""Altair chart builders for the book: `chart_*` functions take loaded results and return a chart.
+"""Every Altair chart of the book: `chart_*` functions take loaded results (or a frame computed
+from them) and return a chart; chapters display it with `display.show_chart`.
 
-Chapters display them with `sftlab.figures.show_chart` (interactive HTML + static PNG).
-Every chart uses the same order, names and colours for the four systems
-(`SYSTEM_COLORS`, colour-blind-safe Okabe-Ito hues), so a reader learns them once.
-Data is aggregated here with pandas before it reaches Altair, which keeps the HTML
-small and under Altair's 5,000-row limit whatever the size of the run.
+Data charts (chapter 3), training curves (chapter 5), evaluation charts (chapter 6), the
+LoRA calculator (chapter 2), attention and LoRA-update maps (chapter 7). Every chart uses
+the same order, names and colours for the systems (`catalog.SYSTEM_COLORS`, colour-blind-safe
+Okabe-Ito hues). Data is aggregated with pandas before it reaches Altair, which keeps the
+HTML small and under Altair's 5,000-row limit whatever the size of the run.
 """
 
 from __future__ import annotations
@@ -15,22 +16,13 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from .report import (
-    HELDOUT_METRICS,
-    IFEVAL_METRICS,
-    SYSTEM_LABELS,
-    SYSTEMS,
-    Results,
-    label,
-    metric_entry,
-)
+from .attention import SEGMENT_COLOURS, SEGMENTS
+from .catalog import HELDOUT_METRICS, IFEVAL_METRICS, SYSTEM_COLORS, SYSTEM_LABELS, SYSTEMS, label
+from .lora import MODULE_ORDER
+from .results import Results, metric_entry
 
-SYSTEM_COLORS = {
-    "base_continuation": "#8c8c8c",  # grey: the model as pretrained
-    "base_chat": "#e69f00",  # orange: same weights, chat template
-    "sft": "#0072b2",  # blue: after LoRA SFT
-    "reference": "#009e73",  # green: a published post-trained model
-}
+
+
 WIDTH = 560  # fits the book's text column
 
 
@@ -42,9 +34,6 @@ def system_scale(systems=None) -> alt.Scale:
 
 def _system_order(systems) -> list[str]:
     return [label(s) for s in SYSTEMS if s in systems]
-
-
-# --------------------------------------------------------------------------- data
 
 
 def _reason_bars(counts: dict, title: str, x_title: str, highlight: dict | None = None) -> alt.Chart:
@@ -125,9 +114,6 @@ def chart_token_lengths(report: dict, bins: int = 30) -> alt.Chart:
     return chart.properties(title="Token length of kept conversations", width=WIDTH, height=220)
 
 
-# --------------------------------------------------------------------------- training
-
-
 def smooth(values: pd.Series, window: int | None = None) -> pd.Series:
     """Centred rolling mean over `window` points (default: a tenth of the series, odd, at least 1)."""
     n = len(values)
@@ -188,27 +174,6 @@ def chart_learning_rate(results: Results) -> alt.Chart:
         y=alt.Y("learning_rate:Q", title="learning rate", axis=alt.Axis(format=".1e")),
         tooltip=["step:Q", alt.Tooltip("learning_rate:Q", format=".2e")],
     ).properties(title="Learning-rate schedule", width=WIDTH, height=160)
-
-
-def chart_lora_norms(results: Results, relative: bool = True) -> alt.Chart:
-    """Heatmap of the size of each LoRA update (‖scale·B·A‖, relative to the frozen weight) by layer and module."""
-    norms = results.lora_norms
-    value = "relative_norm" if relative else "norm"
-    df = norms.dropna(subset=["layer"])[["layer", "module", value]].copy() if len(norms) else \
-        pd.DataFrame(columns=["layer", "module", value])
-    modules = [m for m in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-               if m in set(df["module"])] + sorted(set(df["module"]) - {"q_proj", "k_proj", "v_proj", "o_proj",
-                                                                       "gate_proj", "up_proj", "down_proj"})
-    title = "‖ΔW‖ / ‖W‖" if relative else "‖ΔW‖"
-    return alt.Chart(df).mark_rect().encode(
-        x=alt.X("layer:O", title="layer"),
-        y=alt.Y("module:N", sort=modules, title=None),
-        color=alt.Color(f"{value}:Q", title=title, scale=alt.Scale(scheme="blues")),
-        tooltip=["layer:O", "module:N", alt.Tooltip(f"{value}:Q", format=".4f")],
-    ).properties(title="Where training changed the model: size of each LoRA update", width=WIDTH - 60, height=170)
-
-
-# --------------------------------------------------------------------------- evaluation
 
 
 def metric_frame(results: Results, set: str = "heldout", metrics=None) -> pd.DataFrame:
@@ -282,7 +247,7 @@ def chart_ifeval_types(results: Results) -> alt.Chart:
 
 def reply_frame(results: Results, set: str = "heldout") -> pd.DataFrame:
     """One row per (prompt, system): reply length in words and tokens, and whether it stopped."""
-    from .metrics import count_words
+    from ..metrics import count_words
 
     rows = []
     for s in results.samples:
@@ -335,3 +300,96 @@ def chart_stop_flags(results: Results) -> alt.Chart:
         row=alt.Row("prompts:N", title=None, sort=["held-out", "IFEval"]),
         tooltip=["prompts:N", "system:N", "ending:N", "replies:Q"],
     ).properties(title="How replies ended", width=WIDTH - 160, height=alt.Step(22))
+
+
+def chart_lora_parameters(table, highlight: tuple[int, str] | None = None):
+    """Trainable parameters against rank, one line per target set, log scales; full fine-tuning
+    as a dashed rule; `highlight=(rank, target_set)` rings the project's own setting."""
+    import altair as alt
+
+    lora = table[table["target_set"] != "full fine-tuning"].copy()
+    lora["rank"] = lora["rank"].astype(int)
+    full = table[table["target_set"] == "full fine-tuning"][["trainable"]].copy()
+    full["label"] = "full fine-tuning"
+    x = alt.X("rank:Q", scale=alt.Scale(type="log", base=2), axis=alt.Axis(values=sorted(lora["rank"].unique())),
+              title="LoRA rank r")
+    y = alt.Y("trainable:Q", scale=alt.Scale(type="log"), title="trainable parameters (log scale)")
+    lines = alt.Chart(lora).mark_line(point=True).encode(
+        x=x, y=y, color=alt.Color("target_set:N", title="target modules", sort=list(lora["target_set"].unique())),
+        tooltip=["target_set", "rank", alt.Tooltip("trainable:Q", format=","), alt.Tooltip("share_pct:Q", format=".3f")],
+    )
+    rule = alt.Chart(full).mark_rule(strokeDash=[4, 4], color="black").encode(y="trainable:Q")
+    rule_text = alt.Chart(full).mark_text(align="left", dx=4, dy=-6).encode(
+        y="trainable:Q", x=alt.value(4), text="label:N")
+    layers = [lines, rule, rule_text]
+    if highlight is not None:
+        r, name = highlight
+        mine = lora[(lora["rank"] == r) & (lora["target_set"] == name)].assign(label="this project")
+        layers.append(alt.Chart(mine).mark_point(size=300, shape="circle", filled=False, color="black",
+                                                 strokeWidth=2).encode(x=x, y=y))
+        layers.append(alt.Chart(mine).mark_text(dx=14, dy=14, color="black", align="left").encode(x=x, y=y, text="label:N"))
+    return alt.layer(*layers).properties(width=420, height=280, title="LoRA trainable parameters by rank")
+
+
+def chart_lora_norms(frame):
+    """Heatmap of relative LoRA update norm, layer (rows) by module (columns)."""
+    import altair as alt
+
+    return alt.Chart(frame).mark_rect().encode(
+        x=alt.X("module:N", sort=MODULE_ORDER, title="module", axis=alt.Axis(labelAngle=-45)),
+        y=alt.Y("layer:O", title="layer"),
+        color=alt.Color("relative_norm:Q", title="‖ΔW‖ / ‖W‖", scale=alt.Scale(scheme="viridis")),
+        tooltip=["layer", "module", alt.Tooltip("relative_norm:Q", format=".5f"), alt.Tooltip("norm:Q", format=".4f")],
+    ).properties(width=320, height=360, title="Relative size of the LoRA update")
+
+
+def chart_attention_segments(frame):
+    """Attention share per segment against layer, base vs SFT, one panel per segment
+    (each panel with its own y scale, so small segments stay readable)."""
+    import altair as alt
+
+    order = [s for s in SEGMENTS if s in set(frame["segment"])]
+    return alt.Chart(frame).mark_line(point=alt.OverlayMarkDef(size=20)).encode(
+        x=alt.X("layer:Q", title="layer", scale=alt.Scale(nice=False)),
+        y=alt.Y("share:Q", title="share of reply-token attention"),
+        color=alt.Color("model:N", title="model", sort=["base", "SFT"]),
+        tooltip=["model", "layer", "segment", alt.Tooltip("share:Q", format=".3f")],
+    ).properties(width=130, height=150).facet(
+        facet=alt.Facet("segment:N", sort=order, title=None), columns=len(order)
+    ).resolve_scale(y="independent").properties(title="Where reply tokens look, layer by layer")
+
+
+def chart_attention_matrix(frame, title: str = "", difference: bool = False):
+    """Heatmap of one layer's attention (reply rows x earlier positions), with a top row
+    colouring each column by segment. Inline data (`alt.Data`) so a few thousand cells are fine.
+
+    Weights use a fixed 0..1 square-root scale, so two models' maps compare directly;
+    `difference=True` draws an `attention_difference` frame on a diverging scale instead.
+    """
+    import altair as alt
+
+    # Segments as the last reply row sees them: every column up to it, once; drawn as row -1.
+    cols = frame[frame["query"] == frame["query"].max()][["key", "key_token", "key_segment"]]
+    strip_rows = [{"query": -1, "key": int(k), "key_token": t, "segment": g}
+                  for k, t, g in zip(cols["key"], cols["key_token"], cols["key_segment"])]
+    order = [s for s in SEGMENTS if s in {r["segment"] for r in strip_rows}]
+    x = alt.X("key:O", title="position attended to (key)", axis=alt.Axis(labels=False, ticks=False))
+    y = alt.Y("query:O", title="reply token (query); top row: segment", axis=alt.Axis(labels=False, ticks=False))
+    strip = alt.Chart(alt.Data(values=strip_rows)).mark_rect().encode(
+        x=x, y=y,
+        color=alt.Color("segment:N", sort=order, title="column segment",
+                        scale=alt.Scale(domain=order, range=[SEGMENT_COLOURS[s] for s in order])),
+        tooltip=["key:O", "key_token:N", "segment:N"],
+    )
+    heat = alt.Chart(alt.Data(values=frame.to_dict(orient="records"))).mark_rect().encode(
+        x=x, y=y,
+        color=(
+            alt.Color("weight:Q", title="SFT − base",
+                      scale=alt.Scale(scheme="redblue", reverse=True, domainMid=0,
+                                      domain=[-float(frame["weight"].abs().max() or 1), float(frame["weight"].abs().max() or 1)]))
+            if difference
+            else alt.Color("weight:Q", scale=alt.Scale(type="sqrt", scheme="greys", domain=[0, 1]), title="attention")
+        ),
+        tooltip=["query_token:N", "key_token:N", "key_segment:N", alt.Tooltip("weight:Q", format=".3f")],
+    )
+    return alt.layer(strip, heat).resolve_scale(color="independent").properties(width=520, height=280, title=title)

@@ -1,0 +1,20 @@
+"""Everything that exists only to show results in the book, one module per kind of thing a chapter shows.
+
+The core of sftlab (sources, data, chat, train, evaluate, metrics, experiment) computes and
+writes `results/NAME/`; this package reads those files and turns them into what a reader
+sees. Chapters import from here and from the core only.
+
+    results       find and load a run (`load_results`), staleness, metric lookup, samples
+    catalog       the systems and metrics: labels, colours, formats, meanings
+    formatting    numbers and text as the book prints them ("0.175 [0.126, 0.216]", "12.6 min")
+    display       show_table / show_markdown / show_chart / show_rich for HTML, PDF and notebooks
+    tables        every results table (evaluation, training recipe, run summary, data steps)
+    prose         sentences computed from the numbers (comparisons, verdicts, notes)
+    cards         side-by-side reply cards
+    charts        every Altair chart
+    masks         tokens, templates and loss masks drawn for the reader
+    demos         live base/SFT models: loading a run's models, generating, showing generations
+    architecture  the model's shape and where its parameters are
+    lora          LoRA parameter calculator, one trained update, update norms
+    attention     attention by template segment, base vs SFT
+"""

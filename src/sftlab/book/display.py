@@ -1,0 +1,126 @@
+"""Show a table, a sentence, a chart or rich text so it works in every output of the book.
+
+Quarto picks one MIME type per output: `text/html` for HTML, and for PDF the first of
+markdown, SVG, PNG, JPEG, LaTeX (quarto-cli `displayDataMimeType`). Altair's own output is
+HTML that loads Vega from a CDN, which a PDF cannot use. So `show_chart` displays one
+bundle holding the interactive chart as `text/html` and a static PNG rendered by vl-convert
+as `image/png`: each output takes the one it can show. Tables go as HTML plus a Markdown
+pipe table, rich text (coloured tokens, reply cards) as `text/html` plus `text/latex`.
+Every chapter displays its outputs through these functions.
+"""
+
+from __future__ import annotations
+
+import html as _html
+import numbers
+
+from .formatting import fmt_cell, md_escape
+
+
+
+PNG_SCALE = 2  # PDF pages are printed: render at twice the screen size
+
+
+def chart_png(chart) -> bytes:
+    """The chart as a PNG, rendered without a browser (vl-convert)."""
+    import vl_convert as vlc
+
+    return vlc.vegalite_to_png(chart.to_json(), scale=PNG_SCALE)
+
+
+def chart_bundle(chart) -> dict:
+    """The MIME bundle `show_chart` displays: interactive HTML and a static PNG."""
+    return {
+        "text/html": chart.to_html(fullhtml=False),
+        "image/png": chart_png(chart),
+        "text/plain": f"<{type(chart).__name__}: interactive in HTML, PNG in PDF>",
+    }
+
+
+def show_chart(chart) -> None:
+    """Display an Altair chart for HTML (interactive) and PDF (PNG) alike."""
+    from IPython.display import display
+
+    display(chart_bundle(chart), raw=True)
+
+
+def show_rich(html: str, latex: str, plain: str | None = None) -> None:
+    """Display rich text: HTML for the site and notebooks, LaTeX for the PDF."""
+    from IPython.display import display
+
+    display({"text/html": html, "text/latex": latex, "text/plain": plain or _html.unescape(html)}, raw=True)
+
+
+def _shows_index(frame, index: bool) -> bool:
+    """Whether a table shows its index: asked for, and the index means something (named, or not 0..n-1)."""
+    import pandas as pd
+
+    return index and (any(frame.index.names) or not isinstance(frame.index, pd.RangeIndex))
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def table_cells(frame, index: bool = True, digits: int = 2, digits_by_column: dict | None = None):
+    """The table as display strings (index as leading columns where shown) and, per column,
+    whether it holds numbers (aligned right). Integers get thousands separators, floats
+    `digits` decimals (`digits_by_column` per column), missing values "–", text as is."""
+    import pandas as pd
+
+    frame = frame.reset_index() if _shows_index(frame, index) else frame
+    digits_by_column = digits_by_column or {}
+
+    def is_numeric(values) -> bool:  # object columns of numbers (ints with a None) align right too
+        present = [v for v in values if not _missing(v)]
+        return bool(present) and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in present)
+
+    columns = {c: frame[c].tolist() for c in frame.columns}  # per column: iterrows would turn ints into floats
+    numeric = [is_numeric(values) for values in columns.values()]
+    cells = {c: [fmt_cell(v, digits_by_column.get(c, digits)) if not _missing(v) else "–" for v in values]
+             for c, values in columns.items()}
+    return pd.DataFrame(cells, columns=list(frame.columns)), numeric
+
+
+def markdown_table(frame, index: bool = True, digits: int = 2, digits_by_column: dict | None = None) -> str:
+    """A DataFrame as a Markdown pipe table (cells escaped), which Pandoc renders in HTML and LaTeX alike.
+
+    >>> import pandas as pd
+    >>> print(markdown_table(pd.DataFrame({"rank": [8], "params": [1234567]})))
+    | rank | params |
+    |---:|---:|
+    | 8 | 1,234,567 |
+    """
+    cells, numeric = table_cells(frame, index, digits, digits_by_column)
+    lines = ["| " + " | ".join(md_escape(c) for c in cells.columns) + " |",
+             "|" + "|".join("---:" if n else ":---" for n in numeric) + "|"]
+    for row in cells.itertuples(index=False):
+        lines.append("| " + " | ".join(md_escape(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def show_table(frame, index: bool = True, *, digits: int = 2, digits_by_column: dict | None = None) -> None:
+    """Display a table: HTML for the site and notebooks, a Markdown pipe table for the PDF.
+
+    Both show the same cells (`table_cells`); text is escaped, so "<bos>" stays visible.
+    """
+    from IPython.display import display
+
+    cells, _ = table_cells(frame, index, digits, digits_by_column)
+    html = cells.to_html(index=False, escape=True, border=0, classes="table table-sm")
+    display({"text/html": html, "text/markdown": markdown_table(frame, index, digits, digits_by_column),
+             "text/plain": cells.to_string(index=False)}, raw=True)
+
+
+def show_markdown(text: str) -> None:
+    """Display generated Markdown (a sentence with numbers in it) in every output format."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(text))
+
+
+def show_facts(facts: list[str]) -> None:
+    """Display computed sentences as a Markdown bullet list."""
+    from IPython.display import Markdown, display
+
+    display(Markdown("\n".join(f"- {f}" for f in facts)))

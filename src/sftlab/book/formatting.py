@@ -1,0 +1,113 @@
+"""How the book writes numbers and text: durations, counts, values with intervals, escaping.
+
+One place for "0.175 [0.126, 0.216]", "12.6 min", "3.80 M" and the escaping that keeps a
+reply's text from being read as Markdown or LaTeX; every table and sentence of the book
+formats its numbers with these functions.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """42 -> "42 s"; 754 -> "12.6 min"; 7300 -> "2.0 h"."""
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return "n/a"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def fmt_count(n) -> str:
+    """1234567 -> "1,234,567"; 3.8e6 params read better as "3.80 M" (see fmt_params)."""
+    return "n/a" if n is None else f"{int(n):,}"
+
+
+def fmt_params(n) -> str:
+    """3797632 -> "3.80 M"; 271895808 -> "271.9 M"."""
+    if n is None:
+        return "n/a"
+    n = float(n)
+    return f"{n / 1e6:.2f} M" if n < 1e7 else f"{n / 1e6:.1f} M"
+
+
+def fmt_value(value, kind: str = "score") -> str:
+    """One number as the book prints it. kind: rate (as %), score (3 decimals), nats, length, ppl."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a" if value is None else str(value)
+    if kind == "rate":
+        return f"{100 * value:.0f}%"
+    if kind == "length":
+        return f"{value:.1f}"
+    if kind in ("nats", "ppl"):
+        return f"{value:.2f}" if kind == "ppl" or abs(value) >= 0.1 else f"{value:.3f}"
+    return f"{value:.3f}"
+
+
+def fmt_ci(entry: dict | None, kind: str = "score") -> str:
+    """{"value": 0.175, "ci": [0.126, 0.216]} -> "0.175 [0.126, 0.216]"; no interval -> "0.175"."""
+    if not entry or entry.get("value") is None:
+        return "–"
+    text = fmt_value(entry["value"], kind)
+    ci = entry.get("ci")
+    if ci:
+        text += f" [{fmt_value(ci[0], kind)}, {fmt_value(ci[1], kind)}]"
+    return text
+
+
+def md_escape(text: str) -> str:
+    """Text for a Markdown table cell: no raw HTML, no emphasis, no column breaks, no math;
+    a newline shows as ↵."""
+    text = str(text).replace("\n", "↵")
+    return re.sub(r"([\\`*_\[\]<>|$#~^])", r"\\\1", text)
+
+
+def md_code(text: str) -> str:
+    """Text as a Markdown code span (newlines shown as ↵), safe whatever backticks it holds."""
+    text = str(text).replace("\n", "↵")
+    fence = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def fmt_field(value) -> str:
+    """A recipe value as the config table shows it: lists comma-separated, floats short (5e-04 -> 0.0005)."""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def fmt_cell(value, digits: int) -> str:
+    """One table cell: "" for missing, yes/no for booleans, 1,234 for integers, `digits` decimals
+    for floats (significant digits for tiny ones), text as is."""
+    import pandas as pd
+
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, numbers.Integral):
+        return f"{int(value):,}"
+    if isinstance(value, numbers.Real):
+        v = float(value)
+        if v != 0 and abs(v) < 10 ** (-digits):
+            return f"{v:.{digits}g}"
+        return f"{v:,.{digits}f}"
+    return str(value)
+
+
+def latex_escape(text: str) -> str:
+    """Escape text for LaTeX (used for the PDF version of rich HTML output)."""
+    table = {
+        "\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "#": r"\#",
+        "%": r"\%", "_": r"\_", "^": r"\^{}", "~": r"\~{}", "<": r"\textless{}", ">": r"\textgreater{}",
+    }
+    return "".join(table.get(c, c) for c in text)

@@ -1,0 +1,199 @@
+"""LoRA by the numbers: the parameter and memory calculator (chapter 2), one trained update
+read from the adapter file (chapter 2), and where the update landed, layer by layer and
+module by module (chapters 5 and 7). References: LoRA (Hu et al. 2021).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .results import Results, results_dir
+
+
+
+TARGET_SETS = {
+    "attention q,v": ("q_proj", "v_proj"),
+    "attention q,k,v,o": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "all linear (attention + MLP)": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+}
+
+
+BYTES_PER_TRAINED_PARAM = 16  # fp32 weight 4 + gradient 4 + Adam's two moments 4 + 4
+
+
+BYTES_PER_FROZEN_PARAM = 4  # fp32 weight only: no gradient, no optimizer state
+
+
+def target_linears(model, target_modules) -> list[tuple[str, int, int]]:
+    """(name, in_features, out_features) of every Linear whose last name part is a target.
+
+    PEFT matches a list of `target_modules` the same way (by name suffix); the output layer
+    `lm_head` is never a target here. Works before and after `get_peft_model` (a LoRA layer
+    keeps the name and the shape of the Linear it wraps).
+    """
+    import torch
+
+    targets = set(target_modules)
+    return [
+        (name, mod.in_features, mod.out_features)
+        for name, mod in model.named_modules()
+        if (isinstance(mod, torch.nn.Linear) or hasattr(mod, "base_layer"))
+        and name.rsplit(".", 1)[-1] in targets
+    ]
+
+
+def lora_parameter_count(model, r: int, target_modules) -> int:
+    """Trainable LoRA parameters: r * (in + out) per targeted Linear (A is r x in, B is out x r).
+
+    Gemma-3 270M, r=16, q_proj (640 -> 1024): 16 * (640 + 1024) = 26,624 per layer.
+    """
+    return sum(r * (i + o) for _, i, o in target_linears(model, target_modules))
+
+
+def lora_parameter_table(model, ranks=(4, 8, 16, 32, 64), target_sets: dict | None = None,
+                         highlight: tuple[int, str] | None = None):
+    """Trainable parameters and training memory for each LoRA rank and target set, plus full fine-tuning.
+
+    Columns: target_set, rank, trainable, share_pct (of the model's parameters),
+    adapter_mb (the fp32 adapter file), trained_state_mb (16 bytes per trained parameter:
+    weight, gradient, two Adam moments), train_memory_gb (frozen fp32 weights at 4 bytes +
+    trained state; activations excluded, they depend on batch and length).
+    The last row is full fine-tuning: every parameter trained (its rank is empty).
+    `highlight=(rank, target_set)` adds a `note` column marking that row ("◀ this project").
+    """
+    import pandas as pd
+
+    target_sets = target_sets or TARGET_SETS
+    total = sum(p.numel() for p in model.parameters())
+    rows = []
+    for set_name, modules in target_sets.items():
+        for r in ranks:
+            n = lora_parameter_count(model, r, modules)
+            rows.append({"target_set": set_name, "rank": r, "trainable": n})
+    rows.append({"target_set": "full fine-tuning", "rank": None, "trainable": total})
+    frame = pd.DataFrame(rows)
+    frame["rank"] = pd.Series([row["rank"] for row in rows], dtype=object)  # ints, None for full fine-tuning
+    frame["share_pct"] = 100 * frame["trainable"] / total
+    frame["adapter_mb"] = frame["trainable"] * 4 / 1e6
+    frame["trained_state_mb"] = frame["trainable"] * BYTES_PER_TRAINED_PARAM / 1e6
+    frozen = (total - frame["trainable"]).clip(lower=0)
+    frame["train_memory_gb"] = (frozen * BYTES_PER_FROZEN_PARAM + frame["trainable"] * BYTES_PER_TRAINED_PARAM) / 1e9
+    if highlight is not None:
+        frame["note"] = ["◀ this project" if i == setting_index(frame, highlight) else "" for i in frame.index]
+    return frame
+
+
+def setting_index(table, setting: tuple[int, str]):
+    """Index of the row of `lora_parameter_table` for `setting=(rank, target_set)` (KeyError if absent)."""
+    r, name = setting
+    hits = [i for i, (rank, s) in enumerate(zip(table["rank"].tolist(), table["target_set"])) if rank == r and s == name]
+    if not hits:
+        raise KeyError(f"no row for rank {r} and target set {name!r}")
+    return table.index[hits[0]]
+
+
+def target_set_name(target_modules, target_sets: dict | None = None) -> str | None:
+    """The name of the set in `target_sets` holding exactly `target_modules` (None if none does)."""
+    wanted = set(target_modules or ())
+    for name, modules in (target_sets or TARGET_SETS).items():
+        if set(modules) == wanted:
+            return name
+    return None
+
+
+def adapter_update(results: str | Path | None, layer: int, module: str) -> dict:
+    """One trained LoRA update read from the run's adapter file: A, B, the scale alpha/r, and
+    delta_w = scale * B @ A (the matrix merging adds to the frozen weight).
+
+    E.g. layer 0 q_proj of Gemma-3 270M at r=16: A is 16 x 640, B is 1024 x 16, delta_w is
+    1024 x 640 but has rank at most 16.
+    """
+    import torch
+    from safetensors import safe_open
+
+    path = Path(results) if results is not None else results_dir()
+    cfg = json.loads((path / "adapter" / "adapter_config.json").read_text())
+    r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
+    # rsLoRA scales by alpha / sqrt(r) instead of alpha / r.
+    scale = alpha / (r ** 0.5) if cfg.get("use_rslora") else alpha / r
+    with safe_open(str(path / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        keys = [k for k in f.keys() if f"layers.{layer}." in k and f".{module}.lora_" in k]
+        a = f.get_tensor(next(k for k in keys if ".lora_A." in k)).float()
+        b = f.get_tensor(next(k for k in keys if ".lora_B." in k)).float()
+    delta = scale * (b @ a)
+    return {"A": a, "B": b, "r": r, "alpha": alpha, "scale": scale, "delta_w": delta,
+            "rank": int(torch.linalg.matrix_rank(delta))}
+
+
+def lora_update_summary(update: dict):
+    """A small table about one LoRA update: shapes, parameter counts, numerical rank."""
+    import pandas as pd
+
+    a, b, d = update["A"], update["B"], update["delta_w"]
+    rows = [
+        ("A (down-projection), trained", "x".join(map(str, a.shape)), a.numel()),
+        ("B (up-projection), trained", "x".join(map(str, b.shape)), b.numel()),
+        ("delta_w = (alpha/r) B A, merged into W", "x".join(map(str, d.shape)), d.numel()),
+    ]
+    frame = pd.DataFrame(rows, columns=["matrix", "shape", "entries"])
+    frame["rank"] = [min(a.shape), min(b.shape), update["rank"]]
+    return frame
+
+
+MODULE_ORDER = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def lora_norms_frame(results: str | Path | None = None):
+    """`lora_norms.jsonl` as a DataFrame (name, layer, module, norm, relative_norm) plus `kind`
+    (attention or MLP). relative_norm = ||scale * B @ A|| / ||W||: the update's size next to
+    the weight it changes."""
+    import pandas as pd
+
+    path = Path(results) if results is not None else results_dir()
+    frame = pd.read_json(path / "lora_norms.jsonl", lines=True)
+    frame["kind"] = frame["module"].map(lambda m: "MLP" if m in ("gate_proj", "up_proj", "down_proj") else "attention")
+    return frame
+
+
+def lora_norm_facts(frame) -> list[str]:
+    """Sentences stating where the update is largest, computed from the norms (never typed)."""
+    top = frame.loc[frame["relative_norm"].idxmax()]
+    low = frame.loc[frame["relative_norm"].idxmin()]
+    by_module = frame.groupby("module")["relative_norm"].mean()
+    by_kind = frame.groupby("kind")["relative_norm"].mean()
+    by_layer = frame.groupby("layer")["relative_norm"].mean()
+    n = int(frame["layer"].max()) + 1
+    third = max(n // 3, 1)
+    early = by_layer[by_layer.index < third].mean()
+    late = by_layer[by_layer.index >= n - third].mean()
+    facts = [
+        f"Largest relative update: layer {int(top['layer'])}, `{top['module']}` "
+        f"({top['relative_norm']:.4f} of the weight's norm); smallest: layer {int(low['layer'])}, "
+        f"`{low['module']}` ({low['relative_norm']:.4f}).",
+        f"Module with the largest mean relative update: `{by_module.idxmax()}` ({by_module.max():.4f}); "
+        f"smallest: `{by_module.idxmin()}` ({by_module.min():.4f}).",
+        f"Mean relative update, attention vs MLP: {by_kind.get('attention', float('nan')):.4f} vs "
+        f"{by_kind.get('MLP', float('nan')):.4f}.",
+        f"Layer with the largest mean relative update: {int(by_layer.idxmax())}; first {third} layers average "
+        f"{early:.4f}, last {third} layers {late:.4f}.",
+    ]
+    return facts
+
+
+def lora_norm_summary(results: Results) -> str:
+    """Which module types and layers received the largest LoRA updates (relative to their weights)."""
+    df = results.lora_norms
+    if df.empty or "relative_norm" not in df:
+        return ""
+    by_module = df.groupby("module")["relative_norm"].mean().sort_values(ascending=False)
+    by_layer = df.dropna(subset=["layer"]).groupby("layer")["relative_norm"].mean()
+    top = df.loc[df["relative_norm"].idxmax()]
+    return (
+        f"Averaged over layers, the largest updates relative to the frozen weights are in "
+        f"`{by_module.index[0]}` ({by_module.iloc[0]:.4f}) and the smallest in `{by_module.index[-1]}` "
+        f"({by_module.iloc[-1]:.4f}); the single largest is `{top['module']}` of layer {int(top['layer'])} "
+        f"({top['relative_norm']:.4f}), and the layer with the largest mean update is layer "
+        f"{int(by_layer.idxmax())}. The largest ratio ‖ΔW‖/‖W‖ of any module is {df['relative_norm'].max():.4f}"
+        + (", so every update is under a tenth of the weight it modifies." if df["relative_norm"].max() < 0.1 else ".")
+    )
