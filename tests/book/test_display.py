@@ -1,0 +1,52 @@
+"""Tables as the book shows them: one set of cells, escaped for HTML and Markdown alike."""
+
+from __future__ import annotations
+
+import html
+import re
+
+import pandas as pd
+
+from sftlab.book import display
+
+
+def test_markdown_table_escapes_cells():
+    md = display.markdown_table(pd.DataFrame({"a": ["<end_of_turn> | x_1 *y*"]}, index=pd.Index(["r"], name="k")))
+    assert r"\<end\_of\_turn\> \| x\_1 \*y\*" in md
+    assert md.splitlines()[0] == "| k | a |"
+
+
+def test_markdown_table_formats_numbers():
+    text = display.markdown_table(pd.DataFrame({"a|b": ["x\ny"], "n": [1234567], "f": [0.5], "t": ["<bos>"]}))
+    assert text.splitlines()[0] == "| a\\|b | n | f | t |"
+    assert text.splitlines()[2] == "| x↵y | 1,234,567 | 0.50 | \\<bos\\> |"
+
+
+def _html_rows(markup: str) -> list[list[str]]:
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", markup, re.DOTALL)
+    cell = r"<t[hd][^>]*>(.*?)</t[hd]>"
+    return [[html.unescape(c).strip() for c in re.findall(cell, row, re.DOTALL)] for row in rows]
+
+
+def _markdown_rows(text: str) -> list[list[str]]:
+    lines = text.splitlines()
+    rows = [lines[0], *lines[2:]]  # lines[1] is the alignment row
+    return [[re.sub(r"\\(.)", r"\1", c.strip()) for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in rows]
+
+
+def test_show_table_html_and_markdown_show_the_same_cells(monkeypatch):
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, raw=False, **kw: shown.append(obj))
+    frame = pd.DataFrame({"count": pd.Series([1234567, None, 3], dtype=object),  # ints with a gap stay ints
+                          "share": [0.5, None, 0.125], "token": ["<bos>", None, "a & b"]})
+    frame.index = pd.Index(["x", "y", "z"], name="row")
+    display.show_table(frame)
+    (bundle,) = shown
+    html_rows, md_rows = _html_rows(bundle["text/html"]), _markdown_rows(bundle["text/markdown"])
+    assert html_rows == md_rows
+    assert html_rows == [["row", "count", "share", "token"], ["x", "1,234,567", "0.50", "<bos>"],
+                         ["y", "–", "–", "–"], ["z", "3", "0.12", "a & b"]]
+    assert "&lt;bos&gt;" in bundle["text/html"] and "\\<bos\\>" in bundle["text/markdown"]
+    assert bundle["text/markdown"].splitlines()[1] == "|:---|---:|---:|:---|"

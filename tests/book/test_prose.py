@@ -1,0 +1,45 @@
+"""Sentences computed from the numbers: comparisons, tallies, notes on the run."""
+
+from __future__ import annotations
+
+from sftlab.book import prose, tables
+
+
+def test_which_run_note_says_when_metrics_were_rescored(results):
+    results.run["rescored"] = [
+        {"at": "2026-11-28T02:30:00Z", "git_commit": "abcdef0123", "changed": {}},
+        {"at": "2026-11-29T10:00:00Z", "git_commit": "0123abcdef",
+         "changed": {"base_chat.heldout.role_leak_rate": [0.0, 0.2]}},
+    ]
+    note = prose.which_run_note(results)
+    assert "re-scored" in note and "2026-11-29" in note and "0123abc" in note
+    assert "`base_chat.heldout.role_leak_rate`" in note and "2026-11-28" not in note  # no-op rescores are not news
+
+
+def test_comparison_direction_comes_from_the_numbers(results):
+    c = prose.compare(results, "stop_rate", "sft", "base_chat")
+    assert c.direction == "higher" and c.a_better and c.separated
+    assert "LoRA SFT is higher (better" in c.sentence() and "do not overlap" in c.sentence()
+    loss = prose.compare(results, "mean_nll", "sft", "base_chat", set="loss")
+    assert loss.direction == "lower" and loss.a_better
+    overlap = prose.compare(results, "role_leak_rate", "sft", "base_chat")
+    assert overlap.direction == "equal" and "same value" in overlap.sentence()
+    tally = prose.tally(results, "sft", "base_chat")
+    assert "stop rate" in tally["better"] and "ROUGE-L" in tally["unclear"]  # intervals overlap
+
+
+def test_sentences_are_generated_from_the_numbers(results):
+    assert "LoRA SFT is better" in prose.tally_sentence(results)
+    assert "stop rate" in prose.tally_sentence(results).split("worse")[0]
+    assert "3 held-out prompts" in prose.eval_setup_note(results)
+    assert "fell from" in prose.loss_sentence(results)
+    assert "With 3 held-out prompts" in prose.precision_note(results)
+    assert "20 records" in prose.data_summary(results) or "read 20 records" in prose.data_summary(results)
+    assert tables.systems_table(results).loc["LoRA SFT", "in this run"] == "yes"
+
+
+def test_statistics_without_an_interval_are_not_called_separated(results):
+    results.metrics["systems"]["sft"]["heldout"]["distinct_2"]["value"] = 0.9
+    tally = prose.tally(results, "sft", "base_chat")
+    assert "distinct-2" in tally["better_no_ci"] and "distinct-2" not in tally["better"]
+    assert "without an interval" in prose.tally_sentence(results)
