@@ -1,0 +1,114 @@
+"""A recipe's whole data pipeline: load, filter, split and report, as `datasets.Dataset`s.
+
+`prepare_data` checks the `data:` config section against `DATA_KEYS` (defaults in
+`DATA_DEFAULTS`), runs `load_conversations`, `filter_conversations` and the seeded
+`train_eval_split` (eval drawn first, so `train_size` never changes it), builds the report
+with `data_report`, and returns a `PreparedData` whose train and eval sets come from
+`to_dataset`. `sftlab run` (sftlab.experiment) and `sftlab data` call it; the "Preprocessing,
+step by step" section of chapter 3 "data" (chapters/03-data.qmd) shows the report it wrote.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from sftlab.errors import ConfigError, DataError
+
+from .filters import FilterResult, filter_conversations
+from .readers import VALID_SOURCES, LoadResult, load_conversations
+from .report import data_report
+
+DATA_KEYS = {
+    "source": "sharegpt | chitchat | hub:ORG/NAME | path/to/file.jsonl (or jsonl:PATH)",
+    "split": "split to load from a Hub dataset (offline sources have only 'train')",
+    "limit": "read at most this many records, the first ones in file order (null = all)",
+    "english_only": "keep only conversations that look like plain English text (looks_english)",
+    "min_tokens": "drop conversations shorter than this many tokens (approximate, see filter_conversations)",
+    "max_tokens": "drop conversations longer than this many tokens (approximate, see filter_conversations)",
+    "min_turns": "drop conversations with fewer assistant replies",
+    "max_turns": "drop conversations with more assistant replies",
+    "train_size": "number of training conversations (null = all that remain after eval)",
+    "eval_size": "number of held-out evaluation conversations, drawn first",
+}
+
+DATA_DEFAULTS = {
+    "split": "train",
+    "limit": None,
+    "english_only": True,
+    "min_tokens": None,
+    "max_tokens": None,
+    "min_turns": None,
+    "max_turns": None,
+    "train_size": None,
+    "eval_size": 50,
+}
+
+
+
+@dataclass
+class PreparedData:
+    """Output of `prepare_data`: train/eval as `datasets.Dataset` (columns id, messages) + report."""
+
+    train: Any
+    eval: Any
+    report: dict
+    load: LoadResult
+    filtered: FilterResult
+
+
+def train_eval_split(
+    convs: list[dict], *, eval_size: int, train_size: int | None = None, seed: int
+) -> tuple[list[dict], list[dict]]:
+    """Shuffle with `random.Random(seed)`; eval is the first `eval_size`, train the next ones.
+
+    Deterministic for a given seed and input order, in any process. Eval is drawn first, so
+    changing `train_size` never changes the eval set.
+    """
+    if eval_size < 0 or (train_size is not None and train_size < 0):
+        raise ConfigError(f"eval_size and train_size must be >= 0, got {eval_size} and {train_size}")
+    wanted = eval_size + (train_size or 0)
+    if wanted > len(convs) or (train_size is None and eval_size >= len(convs)):
+        raise DataError(
+            f"asked for {eval_size} eval + {train_size if train_size is not None else 'the rest as'} train "
+            f"conversations but only {len(convs)} are available after filtering"
+        )
+    order = list(range(len(convs)))
+    random.Random(seed).shuffle(order)
+    eval_idx = order[:eval_size]
+    train_idx = order[eval_size:] if train_size is None else order[eval_size:eval_size + train_size]
+    return [convs[i] for i in train_idx], [convs[i] for i in eval_idx]
+
+
+
+def prepare_data(data_cfg: dict, tokenizer, seed: int, *, progress: bool = True) -> PreparedData:
+    """Load, filter and split as the `data:` config section says; see `DATA_KEYS`."""
+    unknown = set(data_cfg) - set(DATA_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown data keys: {', '.join(sorted(unknown))}; allowed: {', '.join(DATA_KEYS)}")
+    if not data_cfg.get("source"):
+        raise ConfigError(f"data.source is required ({', '.join(VALID_SOURCES)})")
+    # null means "the default" (all defaults of nullable keys are null anyway).
+    cfg = {**DATA_DEFAULTS, **{k: v for k, v in data_cfg.items() if v is not None}}
+    loaded = load_conversations(cfg["source"], split=cfg["split"], limit=cfg["limit"], progress=progress)
+    filtered = filter_conversations(
+        loaded.conversations, tokenizer=tokenizer, english_only=cfg["english_only"],
+        min_tokens=cfg["min_tokens"], max_tokens=cfg["max_tokens"],
+        min_turns=cfg["min_turns"], max_turns=cfg["max_turns"],
+    )
+    train, eval_ = train_eval_split(filtered.kept, eval_size=cfg["eval_size"],
+                                    train_size=cfg["train_size"], seed=seed)
+    report = data_report(loaded, filtered, train, eval_, seed=seed)
+    return PreparedData(train=to_dataset(train), eval=to_dataset(eval_), report=report,
+                        load=loaded, filtered=filtered)
+
+
+def to_dataset(convs: list[dict]):
+    """A `datasets.Dataset` with columns id (str) and messages, what TRL's SFTTrainer takes."""
+    from datasets import Dataset, Features, List, Value
+
+    features = Features({"id": Value("string"),
+                         "messages": List({"role": Value("string"), "content": Value("string")})})
+    return Dataset.from_dict({"id": [c["id"] for c in convs], "messages": [c["messages"] for c in convs]},
+                             features=features)

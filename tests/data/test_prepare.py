@@ -1,0 +1,74 @@
+"""Tests for sftlab.data.prepare: the seeded train/eval split and the whole pipeline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sftlab import data
+from sftlab.errors import ConfigError, DataError
+
+
+def msg(role, content):
+    return {"role": role, "content": content}
+
+
+def conv(i, turns=1, text="What is the capital of France? The capital of France is Paris."):
+    messages = []
+    for _ in range(turns):
+        messages += [msg("user", f"Question {i}: {text}"), msg("assistant", f"Answer {i}: {text}")]
+    return {"id": str(i), "messages": messages}
+
+
+# ---------------------------------------------------------------------------
+# Split
+
+
+def test_split_is_deterministic_and_disjoint():
+    convs = [conv(i) for i in range(100)]
+    train, eval_ = data.train_eval_split(convs, eval_size=10, train_size=30, seed=7)
+    again = data.train_eval_split(convs, eval_size=10, train_size=30, seed=7)
+    assert (train, eval_) == again
+    assert len(train) == 30 and len(eval_) == 10
+    assert not {c["id"] for c in train} & {c["id"] for c in eval_}
+    other = data.train_eval_split(convs, eval_size=10, train_size=30, seed=8)
+    assert other != (train, eval_)
+
+
+def test_eval_set_does_not_depend_on_train_size():
+    convs = [conv(i) for i in range(50)]
+    _, eval_small = data.train_eval_split(convs, eval_size=5, train_size=10, seed=0)
+    train_all, eval_all = data.train_eval_split(convs, eval_size=5, seed=0)
+    assert eval_small == eval_all and len(train_all) == 45
+
+
+def test_split_too_small_names_both_numbers():
+    with pytest.raises(DataError, match=r"30.*\b12\b"):
+        data.train_eval_split([conv(i) for i in range(12)], eval_size=30, seed=0)
+    with pytest.raises(DataError, match=r"5 eval \+ 10 train.*\b12\b"):
+        data.train_eval_split([conv(i) for i in range(12)], eval_size=5, train_size=10, seed=0)
+
+
+# ---------------------------------------------------------------------------
+# The whole pipeline
+
+
+def test_prepare_data_end_to_end(tmp_path, tiny_tokenizer):
+    path = tmp_path / "convs.jsonl"
+    path.write_text("".join(json.dumps(conv(i, turns=1 + i % 3)) + "\n" for i in range(40)) + "{oops\n")
+    cfg = {"source": str(path), "max_turns": 2, "max_tokens": 10_000, "train_size": 10, "eval_size": 5}
+    out = data.prepare_data(cfg, tiny_tokenizer, seed=3, progress=False)
+    assert len(out.train) == 10 and len(out.eval) == 5
+    assert out.train.column_names == ["id", "messages"]
+    assert out.train[0]["messages"][0]["role"] == "user"
+    assert out.report["skipped"] == {"invalid_json": 1}
+    assert out.report["rejected"] == {"too_many_turns": 13}
+    again = data.prepare_data(cfg, tiny_tokenizer, seed=3, progress=False)
+    assert again.train["id"] == out.train["id"] and again.eval["id"] == out.eval["id"]
+
+
+def test_prepare_data_rejects_unknown_keys():
+    assert set(data.DATA_KEYS) >= {"source", "split", "limit", "eval_size", "train_size"}
+    with pytest.raises(ConfigError, match="max_len"):
+        data.prepare_data({"source": "chitchat", "max_len": 3}, None, seed=0)
