@@ -303,9 +303,9 @@ def validate_result(result: dict) -> None:
 def hardware() -> dict:
     import torch
 
-    from sftlab.experiment import _hardware
+    from sftlab import runinfo
 
-    hw = _hardware()
+    hw = runinfo.hardware()
     hw["cpu_bf16"] = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
     try:
         hw["memory_bytes"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -317,9 +317,9 @@ def hardware() -> dict:
 
 
 def versions() -> dict:
-    from sftlab.experiment import _versions
+    from sftlab import runinfo
 
-    return _versions()
+    return runinfo.versions()
 
 
 def peak_memory() -> tuple[int, str]:

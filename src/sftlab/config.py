@@ -50,6 +50,18 @@ EVAL_KEYS = {
     "loss_batches": "held-out batches for the assistant-token loss (null: all)",
 }
 
+# What a run (and `sftlab rescore`) uses for an evaluation key the recipe leaves out.
+EVAL_DEFAULTS = {
+    "systems": ["base_continuation", "base_chat", "sft", "reference"],
+    "heldout_size": 40,
+    "ifeval": True,
+    "max_new_tokens": 128,
+    "batch_size": 8,
+    "embedding_similarity": True,
+    "bootstrap_resamples": 1000,
+    "loss_batches": None,
+}
+
 
 def _data_keys() -> dict:
     from .data import DATA_KEYS

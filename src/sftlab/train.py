@@ -285,3 +285,47 @@ def train_lora(
     stats["tokens_per_second"] = round((seen_tokens or n_train_tokens * (epochs or 1)) / max(wall, 1e-9), 1)
     peft_model.eval()
     return peft_model, stats
+
+
+def lora_update_norms(peft_model) -> list[dict]:
+    """Frobenius norm of each LoRA update (scale * B @ A), by layer and module: where training acted."""
+    import re
+
+    import torch
+
+    rows = []
+    for name, module in peft_model.named_modules():
+        if not (hasattr(module, "lora_A") and hasattr(module, "lora_B")):
+            continue
+        for adapter in module.lora_A:
+            a = module.lora_A[adapter].weight.float()
+            b = module.lora_B[adapter].weight.float()
+            scale = module.scaling[adapter]
+            with torch.no_grad():
+                delta = scale * (b @ a)
+                base = module.base_layer.weight.float()
+                norm = float(delta.norm())
+                rel = norm / float(base.norm())
+            layer = re.search(r"layers\.(\d+)\.", name)
+            rows.append(
+                {
+                    "name": name,
+                    "layer": int(layer.group(1)) if layer else None,
+                    "module": name.rsplit(".", 1)[-1],
+                    "norm": norm,
+                    "relative_norm": rel,
+                }
+            )
+    return rows
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop log rows after `step`: training repeats them when it resumes from that checkpoint."""
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        path.write_text("".join(r + "\n" for r in rows))
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if folder.exists() else []
+    return found[-1] if found else None
