@@ -44,14 +44,14 @@ $(RESULTS): | install
 	$(VENV)/bin/sftlab run configs/default.yaml
 
 notebooks: install
-	$(PY) -m sftlab.notebooks export
+	$(VENV)/bin/sftlab notebooks export
 
 check-notebooks: install
-	$(PY) -m sftlab.notebooks export --check
-	$(PY) -m sftlab.notebooks badges
+	$(VENV)/bin/sftlab notebooks export --check
+	$(VENV)/bin/sftlab notebooks badges
 
 execute-notebooks: notebooks
-	$(PY) -m sftlab.notebooks execute
+	$(VENV)/bin/sftlab notebooks execute
 
 book: install
 	@if command -v quarto >/dev/null 2>&1; then \

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from sftlab import notebooks
+from sftlab.cli import main as cli_main
 from sftlab.notebooks import (
     ERROR_TAG,
     SKIP_TAG,
@@ -281,7 +282,7 @@ def test_export_writes_one_notebook_per_chapter_and_check_detects_drift(book):
 
 def test_badges_check_names_the_chapters_without_their_badge(book, monkeypatch, capsys):
     monkeypatch.chdir(book)
-    assert missing_badges(book) == [] and notebooks.main(["badges"]) == 0
+    assert missing_badges(book) == [] and cli_main(["notebooks", "badges"]) == 0
     wrong = badge_block("01-background", book)  # another chapter's badge does not count
     (book / "chapters" / "02-peft.qmd").write_text(f"# PEFT\n\n{wrong}\n")
     (book / "chapters" / "03-data.qmd").write_text("# Data\n")
@@ -289,7 +290,7 @@ def test_badges_check_names_the_chapters_without_their_badge(book, monkeypatch, 
     (book / "chapters" / "04-model.qmd").write_text(f"# Model\n\n{badge_line('04-model', book)}\n")
     (book / "chapters" / "05-training.qmd").write_text(f"# Training\n\n  {badge_block('05-training', book)}\n")
     assert missing_badges(book) == ["02-peft", "03-data", "04-model"]
-    assert notebooks.main(["badges"]) == 1
+    assert cli_main(["notebooks", "badges"]) == 1
     err = capsys.readouterr().err
     assert "chapters/03-data.qmd" in err and badge_block("03-data", book) in err
 
@@ -317,9 +318,9 @@ def test_execute_runs_in_the_project_root_and_reports_the_failing_cell(book, cap
 def test_execute_cli_exits_nonzero_and_names_the_notebook(book, monkeypatch, capsys):
     (book / "chapters" / "03-bad.qmd").write_text("```{python}\nraise ValueError('boom')\n```\n")
     monkeypatch.chdir(book)
-    assert notebooks.main(["execute"]) == 2  # nothing exported yet
-    assert notebooks.main(["export"]) == 0
-    assert notebooks.main(["execute", "03-bad", "--timeout", "60"]) == 1
+    assert cli_main(["notebooks", "execute"]) == 2  # nothing exported yet
+    assert cli_main(["notebooks", "export"]) == 0
+    assert cli_main(["notebooks", "execute", "03-bad", "--timeout", "60"]) == 1
     captured = capsys.readouterr()
     assert "ValueError: boom" in captured.out and "03-bad.ipynb" in captured.err
 
@@ -401,7 +402,7 @@ def test_every_real_chapter_is_listed_in_the_book():
 
 @needs_chapters
 def test_every_real_chapter_has_its_colab_badge():
-    assert missing_badges(ROOT) == [], "add the lines that `python -m sftlab.notebooks badges` prints"
+    assert missing_badges(ROOT) == [], "add the lines that `sftlab notebooks badges` prints"
 
 
 @needs_chapters
@@ -418,7 +419,7 @@ def test_real_chapters_export_one_notebook_each(tmp_path):
 def test_committed_notebooks_match_the_chapters():
     # The Colab badges open notebooks/NAME.ipynb on GitHub, so they are committed.
     stale = export_notebooks(ROOT, check=True)
-    assert stale == [], "run `python -m sftlab.notebooks export` and commit notebooks/"
+    assert stale == [], "run `sftlab notebooks export` and commit notebooks/"
 
 
 @pytest.mark.slow

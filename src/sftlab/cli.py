@@ -4,6 +4,8 @@
   sftlab run FILE             train and evaluate; write results/NAME/
   sftlab rescore DIR          recompute a run's reply metrics from its samples.jsonl
   sftlab compare DIR_A DIR_B  does run B's every metric lie inside run A's 95% interval?
+  sftlab notebooks export|execute|badges
+                              the chapters as Colab notebooks (see sftlab.notebooks)
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .errors import SftlabError
 
@@ -57,6 +60,69 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_notebooks_export(args) -> int:
+    from .notebooks import NOTEBOOKS_DIR, book_root, chapter_files, export_notebooks
+
+    root = book_root()
+    changed = export_notebooks(root, args.out, check=args.check)
+    out = args.out or root / NOTEBOOKS_DIR
+    if args.check:
+        if changed:
+            print(
+                f"{len(changed)} notebook(s) in {out} differ from the chapters: "
+                + ", ".join(p.name for p in changed)
+                + "\nrun `sftlab notebooks export` and commit notebooks/",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"notebooks in {out} match the chapters")
+        return 0
+    n = len(chapter_files(root))
+    print(f"exported {n} chapter(s) to {out} ({len(changed)} changed)")
+    return 0
+
+
+def _cmd_notebooks_execute(args) -> int:
+    from .notebooks import NOTEBOOKS_DIR, book_root, execute_notebooks
+
+    root = book_root()
+    folder = Path(args.dir) if args.dir else root / NOTEBOOKS_DIR
+    if args.names:
+        paths = [folder / (name if name.endswith(".ipynb") else f"{name}.ipynb") for name in args.names]
+        absent = [p.name for p in paths if not p.is_file()]
+        if absent:
+            print(f"no such notebook(s) in {folder}: {', '.join(absent)}", file=sys.stderr)
+            return 2
+    else:
+        paths = sorted(folder.glob("*.ipynb"), key=lambda p: (p.stem != "index", p.name))
+    if not paths:
+        print(f"no notebooks in {folder}; run `sftlab notebooks export` first", file=sys.stderr)
+        return 2
+    results = execute_notebooks(paths, root, timeout=args.timeout)
+    print("\nwall time per notebook:")
+    for name, result in results.items():
+        print(f"  {name:<32} {'FAILED' if isinstance(result, Exception) else f'{result:7.1f} s'}")
+    failed = [name for name, result in results.items() if isinstance(result, Exception)]
+    if failed:
+        print(f"\n{len(failed)} notebook(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_notebooks_badges(args) -> int:
+    from .notebooks import CHAPTERS_DIR, badge_block, book_root, chapter_files, missing_badges
+
+    root = book_root()
+    missing = missing_badges(root)
+    if missing:
+        print("chapter(s) without their Colab badge; put these lines near the top:", file=sys.stderr)
+        for stem in missing:
+            print(f"\n{CHAPTERS_DIR}/{stem}.qmd:\n{badge_block(stem, root)}", file=sys.stderr)
+        return 1
+    print(f"all {len(chapter_files(root))} chapter(s) carry their Colab badge")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sftlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("a", help="the reference run folder, e.g. results/default")
     compare.add_argument("b", help="the other run folder, e.g. a re-run from a fresh clone")
     compare.set_defaults(func=_cmd_compare)
+    notebooks = sub.add_parser("notebooks", help="the chapters as Colab notebooks: export, execute, check badges")
+    nb_sub = notebooks.add_subparsers(dest="notebooks_command", required=True)
+    export = nb_sub.add_parser("export", help="write notebooks/<chapter>.ipynb for every chapter")
+    export.add_argument("--out", type=Path, default=None, help="output folder (default: notebooks/)")
+    export.add_argument("--check", action="store_true", help="write nothing; exit 1 if any notebook is out of date")
+    export.set_defaults(func=_cmd_notebooks_export)
+    execute = nb_sub.add_parser("execute", help="run every exported notebook; exit 1 if a cell fails")
+    execute.add_argument("names", nargs="*", help="notebooks to run (default: all in --dir)")
+    execute.add_argument("--dir", type=Path, default=None, help="folder of notebooks (default: notebooks/)")
+    execute.add_argument("--timeout", type=int, default=900, help="seconds allowed per cell (default: 900)")
+    execute.set_defaults(func=_cmd_notebooks_execute)
+    badges = nb_sub.add_parser("badges", help="check that every chapter carries its Colab badge (HTML only)")
+    badges.set_defaults(func=_cmd_notebooks_badges)
     return parser
 
 

@@ -2,9 +2,11 @@
 `notebooks/<stem>.ipynb`, execute them (CI's check that every chapter runs), and check that
 each chapter links its notebook with an "Open in Colab" badge (`badge_block`, HTML only).
 
-    python -m sftlab.notebooks export  [--out notebooks] [--check]
-    python -m sftlab.notebooks execute [--dir notebooks] [--timeout 900] [NAME ...]
-    python -m sftlab.notebooks badges
+    sftlab notebooks export  [--out notebooks] [--check]
+    sftlab notebooks execute [--dir notebooks] [--timeout 900] [NAME ...]
+    sftlab notebooks badges
+
+(`python -m sftlab.notebooks ...` is the same command, for a kernel without the entry point.)
 
 jupytext reads `.qmd` only through the Quarto CLI (`quarto convert`), which CI machines do
 not have, so `qmd_to_notebook` converts the part of Quarto markdown the chapters use: YAML
@@ -14,7 +16,6 @@ comes from one place, `book.repo-url` (and `book.repo-branch`) in `_quarto.yml`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -206,7 +207,7 @@ def setup_source(stem: str, url: str, branch: str) -> str:
     """The first cell of every notebook: installs sftlab on Colab, elsewhere only moves to
     the project root (so `results/` resolves). It leaves no names behind."""
     return f'''\
-# Setup, generated from {CHAPTERS_DIR}/{stem}.qmd by `python -m sftlab.notebooks export`.
+# Setup, generated from {CHAPTERS_DIR}/{stem}.qmd by `sftlab notebooks export`.
 # On Colab: clone sftlab and install it (a few minutes, once per session).
 # Elsewhere: only move to the project root, so that results/ and configs/ resolve.
 def _sftlab_setup(repo="{url}", branch="{branch}"):
@@ -423,88 +424,7 @@ def execute_notebooks(paths: list[Path], root: Path | None = None, *, timeout: i
     return results
 
 
-# -----------------------------------------------------------------------------
-# Command line
+if __name__ == "__main__":  # `python -m sftlab.notebooks CMD ...` is `sftlab notebooks CMD ...`
+    from .cli import main
 
-
-def _cmd_export(args) -> int:
-    root = book_root()
-    changed = export_notebooks(root, args.out, check=args.check)
-    out = args.out or root / NOTEBOOKS_DIR
-    if args.check:
-        if changed:
-            print(
-                f"{len(changed)} notebook(s) in {out} differ from the chapters: "
-                + ", ".join(p.name for p in changed)
-                + "\nrun `python -m sftlab.notebooks export` and commit notebooks/",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"notebooks in {out} match the chapters")
-        return 0
-    n = len(chapter_files(root))
-    print(f"exported {n} chapter(s) to {out} ({len(changed)} changed)")
-    return 0
-
-
-def _cmd_execute(args) -> int:
-    root = book_root()
-    folder = Path(args.dir) if args.dir else root / NOTEBOOKS_DIR
-    if args.names:
-        paths = [folder / (name if name.endswith(".ipynb") else f"{name}.ipynb") for name in args.names]
-        absent = [p.name for p in paths if not p.is_file()]
-        if absent:
-            print(f"no such notebook(s) in {folder}: {', '.join(absent)}", file=sys.stderr)
-            return 2
-    else:
-        paths = sorted(folder.glob("*.ipynb"), key=lambda p: (p.stem != "index", p.name))
-    if not paths:
-        print(f"no notebooks in {folder}; run `python -m sftlab.notebooks export` first", file=sys.stderr)
-        return 2
-    results = execute_notebooks(paths, root, timeout=args.timeout)
-    print("\nwall time per notebook:")
-    for name, result in results.items():
-        print(f"  {name:<32} {'FAILED' if isinstance(result, Exception) else f'{result:7.1f} s'}")
-    failed = [name for name, result in results.items() if isinstance(result, Exception)]
-    if failed:
-        print(f"\n{len(failed)} notebook(s) failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _cmd_badges(args) -> int:
-    root = book_root()
-    missing = missing_badges(root)
-    if missing:
-        print("chapter(s) without their Colab badge; put these lines near the top:", file=sys.stderr)
-        for stem in missing:
-            print(f"\n{CHAPTERS_DIR}/{stem}.qmd:\n{badge_block(stem, root)}", file=sys.stderr)
-        return 1
-    print(f"all {len(chapter_files(root))} chapter(s) carry their Colab badge")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sftlab.notebooks", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    export = sub.add_parser("export", help="write notebooks/<chapter>.ipynb for every chapter")
-    export.add_argument("--out", type=Path, default=None, help="output folder (default: notebooks/)")
-    export.add_argument("--check", action="store_true", help="write nothing; exit 1 if any notebook is out of date")
-    export.set_defaults(func=_cmd_export)
-    execute = sub.add_parser("execute", help="run every exported notebook; exit 1 if a cell fails")
-    execute.add_argument("names", nargs="*", help="notebooks to run (default: all in --dir)")
-    execute.add_argument("--dir", type=Path, default=None, help="folder of notebooks (default: notebooks/)")
-    execute.add_argument("--timeout", type=int, default=900, help="seconds allowed per cell (default: 900)")
-    execute.set_defaults(func=_cmd_execute)
-    badges = sub.add_parser("badges", help="check that every chapter carries its Colab badge (HTML only)")
-    badges.set_defaults(func=_cmd_badges)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["notebooks", *sys.argv[1:]]))
