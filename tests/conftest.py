@@ -18,73 +18,7 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-TINY_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
-
-_CORPUS = [
-    "Hello, how are you today? I am fine, thank you.",
-    "The quick brown fox jumps over the lazy dog.",
-    "Write a short poem about the sea. The sea is wide and blue.",
-    "What is the capital of France? The capital of France is Paris.",
-    "user model system assistant turn of end start",
-    "Please answer in one sentence. Sure, here is one sentence.",
-    "def add(a, b):\n    return a + b\n",
-    "1 2 3 4 5 6 7 8 9 10 100 1000",
-]
-
-
-def build_tiny_tokenizer():
-    """A byte-level BPE tokenizer (any text encodes, no <unk>) with Gemma's special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=TINY_SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        mask_token="<mask>",
-        additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
-    )
-    return fast
-
-
-def build_tiny_model(tokenizer, seed: int = 0):
-    """A 2-layer Gemma3ForCausalLM with tied embeddings, sized to `tokenizer`."""
-    import torch
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    torch.manual_seed(seed)
-    config = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        query_pre_attn_scalar=16,
-        max_position_embeddings=512,
-        sliding_window=64,
-        layer_types=["sliding_attention", "full_attention"],
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        tie_word_embeddings=True,
-    )
-    model = Gemma3ForCausalLM(config)
-    model.eval()
-    return model
+from tiny_models import build_tiny_model, build_tiny_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -192,7 +192,7 @@ def test_padding_free_sequences_do_not_attend_to_each_other(chat_setup):
 
 def test_padding_free_config_passes_trl_checks_and_trains_like_padded(chat_setup, tmp_path, tiny_tokenizer):
     """TRL refuses padding_free with a max_length: build_sft_config drops it (encode_dataset enforced it)."""
-    from conftest import build_tiny_model
+    from tiny_models import build_tiny_model
 
     from sftlab.train import _trainer_class
 

@@ -54,7 +54,7 @@ def fake_smollm2(monkeypatch, tiny_tokenizer):
     calls = []
 
     def convert(source, gguf, out):
-        from conftest import build_tiny_model
+        from tiny_models import build_tiny_model
 
         calls.append(gguf)
         build_tiny_model(tiny_tokenizer).save_pretrained(out)
