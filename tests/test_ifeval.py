@@ -167,12 +167,14 @@ def test_score_reply():
         "id": "a",
         "prompt_level": False,
         "instruction_results": [True, False],
+        "echoed": False,
     }
     assert score_reply(RECORDS[0], "One two three.")["prompt_level"] is True
 
 
 def test_empty_reply_follows_no_instruction():
-    assert score_reply(RECORDS[0], "  \n") == {"id": "a", "prompt_level": False, "instruction_results": [False, False]}
+    assert score_reply(RECORDS[0], "  \n") == {"id": "a", "prompt_level": False, "instruction_results": [False, False],
+                                               "echoed": False}
 
 
 def test_ifeval_accuracy_known_values():
@@ -184,7 +186,8 @@ def test_ifeval_accuracy_known_values():
     for key in ("prompt_level", "instruction_level"):
         low, high = out[key]["ci"]
         assert 0.0 <= low <= out[key]["value"] <= high <= 1.0
-    assert out["per_type"]["max_words"] == {"value": 0.0, "ci": [0.0, 0.0], "n": 1}
+    assert out["per_type"]["max_words"]["value"] == 0.0 and out["per_type"]["max_words"]["n"] == 1
+    assert out["per_type"]["max_words"]["ci"][1] > 0.5  # Wilson: one failure does not pin the rate at 0%
     assert set(out["per_type"]) == {"no_commas", "max_words", "all_lowercase"}
 
 
@@ -204,3 +207,46 @@ def test_ifeval_accuracy_on_packaged_prompts_is_deterministic():
     assert first == ifeval_accuracy(prompts, replies, n_resamples=200, seed=1)
     assert first["n_prompts"] == len(prompts)
     assert first["n_instructions"] == sum(len(p["checks"]) for p in prompts)
+
+
+# --------------------------------------------------------------------------- echo-proof scoring
+
+IFEVAL_015 = {
+    "id": "ifeval-015",
+    "prompt": "Write a four-line poem about rain. Give it a title wrapped in double angular brackets, like <<My Title>>.",
+    "checks": [{"type": "contains_title"}],
+}
+# The committed run's base model with the chat template answered ifeval-015 like this (first 200
+# characters of results/default/samples.jsonl at commit 9e32e4f): it copies the instruction.
+BASE_CHAT_015 = ("Write a four-line poem about rain. Give it a title wrapped in double angular brackets, like "
+                 "<<My Title>>. mendatang\n겪을 수 있는 일과 그에 대한 이야기를 담은 낭만적인 글.\n겪을 수 있는 일과 그에 대한 이야기를 담은 낭만적인 글.")
+
+
+def test_a_copied_instruction_earns_no_credit():
+    scored = score_reply(IFEVAL_015, BASE_CHAT_015)
+    assert scored["echoed"] is True and scored["instruction_results"] == [False]
+    assert score_reply(IFEVAL_015, BASE_CHAT_015, echo_proof=False)["instruction_results"] == [True]
+
+
+def test_a_reply_that_writes_its_own_title_still_passes():
+    assert score_reply(IFEVAL_015, "<<Rain>>\nDrops on the glass,\nclouds pass,\npuddles grow,\nthe gutters flow.")[
+        "prompt_level"] is True
+
+
+def test_copying_a_comma_free_prompt_is_not_following_no_commas():
+    record = {"id": "c", "prompt": "Explain how to boil an egg without using any commas.", "checks": [{"type": "no_commas"}]}
+    assert score_reply(record, "Explain how to boil an egg without using any commas.")["prompt_level"] is False
+    assert score_reply(record, "Put the egg in boiling water for nine minutes.")["prompt_level"] is True
+
+
+def test_copied_text_does_not_excuse_a_length_limit():
+    record = {"id": "w", "prompt": "Describe your ideal weekend in fewer than fifty words and make it sound fun.",
+              "checks": [{"type": "max_words", "n": 12}]}
+    reply = "Describe your ideal weekend in fewer than fifty words and make it sound fun. Sleep late."
+    assert score_reply(record, reply)["prompt_level"] is False  # 17 words in all; the copy still counts here
+
+
+def test_raw_and_echo_proof_accuracies_are_both_reported():
+    out = ifeval_accuracy([IFEVAL_015], [BASE_CHAT_015], n_resamples=50)
+    assert out["prompt_level"]["value"] == 0.0 and out["raw"]["prompt_level"]["value"] == 1.0
+    assert out["n_echoed"] == 1

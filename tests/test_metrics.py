@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import math
 
-import numpy as np
 import pytest
 
 from sftlab import metrics
-from sftlab.errors import DataError
 from sftlab.metrics import (
     bleu,
     bleu_from_stats,
     bleu_item_stats,
-    bootstrap_ci,
     count_words,
     distinct_n,
     perplexity,
@@ -24,7 +20,6 @@ from sftlab.metrics import (
     rouge_l,
     rouge_l_per_item,
     stop_rate,
-    summarize,
 )
 
 LONG = "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm windowsill."
@@ -234,61 +229,7 @@ def test_role_leak_markers_are_configurable():
     assert not role_leak("done <end_of_turn>", markers=[])
 
 
-# --------------------------------------------------------------------------- bootstrap and perplexity
-
-
-def test_bootstrap_ci_contains_mean_and_is_deterministic():
-    rng = np.random.default_rng(1)
-    values = rng.normal(0.5, 0.2, size=50)
-    low, high = bootstrap_ci(values)
-    assert low < float(np.mean(values)) < high
-    assert bootstrap_ci(values, seed=3) == bootstrap_ci(values, seed=3)
-    assert bootstrap_ci(values, seed=3) != bootstrap_ci(values, seed=4)
-
-
-def test_bootstrap_ci_for_flags_and_constants():
-    flags = [True] * 10 + [False] * 10
-    low, high = bootstrap_ci(flags)
-    assert 0.2 <= low < 0.5 < high <= 0.8
-    assert bootstrap_ci([1.0, 1.0, 1.0]) == (1.0, 1.0)
-    assert bootstrap_ci([0.25]) == (0.25, 0.25)
-
-
-def test_bootstrap_ci_narrows_with_more_data():
-    rng = np.random.default_rng(0)
-    small = rng.integers(0, 2, size=20)
-    large = rng.integers(0, 2, size=2000)
-    width = lambda ci: ci[1] - ci[0]  # noqa: E731
-    assert width(bootstrap_ci(large)) < width(bootstrap_ci(small)) / 3
-
-
-def test_bootstrap_ci_custom_stat_and_rows():
-    values = [1.0, 2.0, 3.0, 100.0]
-    low, high = bootstrap_ci(values, stat=np.median)
-    assert 1.0 <= low <= high <= 100.0
-    rows = [[1, 2], [0, 1], [3, 3]]  # ratio of column sums
-    low, high = bootstrap_ci(rows, stat=lambda r: r[:, 0].sum() / r[:, 1].sum())
-    assert 0.0 <= low <= 4 / 6 <= high <= 1.0
-
-
-@pytest.mark.parametrize(
-    "kwargs, values",
-    [({}, []), ({}, [1.0, float("nan")]), ({"confidence": 1.0}, [1.0]), ({"n_resamples": 0}, [1.0])],
-)
-def test_bootstrap_ci_rejects_bad_input(kwargs, values):
-    with pytest.raises(ValueError):
-        bootstrap_ci(values, **kwargs)
-
-
-def test_bootstrap_ci_empty_message():
-    with pytest.raises(ValueError, match="at least one value"):
-        bootstrap_ci([])
-
-
-def test_pooled_ratio_weights_items_by_their_denominator():
-    # 3/4 and 1/4 pool to 4/8, not to the mean of the ratios; 1/1 and 0/3 pool to 1/4, not 0.5.
-    assert metrics.pooled_ratio([[3, 4], [1, 4]]) == 0.5
-    assert metrics.pooled_ratio([[1, 1], [0, 3]]) == 0.25
+# --------------------------------------------------------------------------- perplexity
 
 
 def test_perplexity():
@@ -299,60 +240,3 @@ def test_perplexity():
         perplexity(-0.1)
     with pytest.raises(ValueError):
         perplexity(float("nan"))
-
-
-# --------------------------------------------------------------------------- summarize
-
-
-def _records():
-    return [
-        {"reply": "Paris is the capital of France.", "reference": "Paris is the capital of France.", "stopped": True},
-        {"reply": "The sea is wide.", "reference": "The sea is wide and blue.", "stopped": True},
-        {"reply": "I like tea.\nUser: and you?", "reference": "Tea is a hot drink.", "stopped": False},
-        {"reply": "Two plus two is four.", "reference": "2 + 2 = 4", "stopped": True},
-    ]
-
-
-def test_summarize_computes_every_metric_and_is_json_ready():
-    out = summarize(_records(), n_resamples=200)
-    json.dumps(out)  # plain types only
-    assert out["n"] == 4
-    expected = {"n", "reply_length", "role_leak_rate", "distinct_1", "distinct_2", "stop_rate", "rougeL", "bleu"}
-    assert set(out) == expected
-    assert out["stop_rate"]["value"] == 0.75
-    assert out["role_leak_rate"]["value"] == 0.25
-    assert out["reply_length"]["unit"] == "words"
-    assert out["distinct_1"]["ci"] is None
-    preds = [r["reply"] for r in _records()]
-    refs = [r["reference"] for r in _records()]
-    assert out["rougeL"]["value"] == pytest.approx(rouge_l(preds, refs))
-    assert out["bleu"]["value"] == pytest.approx(bleu(preds, refs))
-    for key in ("reply_length", "role_leak_rate", "stop_rate", "rougeL", "bleu"):
-        low, high = out[key]["ci"]
-        assert low <= out[key]["value"] <= high, key
-
-
-def test_summarize_perfect_system():
-    texts = ["Paris is in France.", "The sea is wide and blue today.", LONG]  # 4+ tokens each: see bleu()
-    recs = [{"reply": t, "reference": t} for t in texts]
-    out = summarize(recs, n_resamples=100)
-    assert out["rougeL"] == {"value": 1.0, "ci": [1.0, 1.0]}
-    assert out["bleu"]["value"] == pytest.approx(1.0)
-    assert "stop_rate" not in out and "embedding_similarity" not in out
-
-
-def test_summarize_perplexity_is_token_weighted():
-    recs = [{"reply": "a", "mean_nll": 1.0, "n_tokens": 3}, {"reply": "b", "mean_nll": 2.0, "n_tokens": 1}]
-    out = summarize(recs, n_resamples=100)
-    assert out["perplexity"]["value"] == pytest.approx(math.exp((3 * 1.0 + 1 * 2.0) / 4))
-    low, high = out["perplexity"]["ci"]
-    assert math.e <= low <= high <= math.exp(2.0)
-
-
-def test_summarize_rejects_partial_fields_and_empty_input():
-    recs = _records()
-    del recs[2]["reference"]
-    with pytest.raises(DataError, match="record 2 has no 'reference'"):
-        summarize(recs)
-    with pytest.raises(ValueError):
-        summarize([])

@@ -18,7 +18,6 @@ import nbformat
 import pytest
 import yaml
 
-from sftlab import notebooks
 from sftlab.cli import main as cli_main
 from sftlab.notebooks import (
     ERROR_TAG,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sftlab.metrics import pooled_ratio
-from sftlab.stats import paired_difference, rate, verdict, wilson_interval
+from sftlab.stats import bootstrap_ci, paired_difference, pooled_ratio, rate, verdict, wilson_interval
 
 
 def test_wilson_interval_is_not_degenerate_at_zero_or_all():
@@ -67,3 +66,57 @@ def test_paired_difference_needs_aligned_values():
 ])
 def test_verdict_reads_the_interval(ci, better, expected):
     assert verdict({"difference": 0.2, "ci": ci}, better) == expected
+
+
+def test_bootstrap_ci_contains_mean_and_is_deterministic():
+    rng = np.random.default_rng(1)
+    values = rng.normal(0.5, 0.2, size=50)
+    low, high = bootstrap_ci(values)
+    assert low < float(np.mean(values)) < high
+    assert bootstrap_ci(values, seed=3) == bootstrap_ci(values, seed=3)
+    assert bootstrap_ci(values, seed=3) != bootstrap_ci(values, seed=4)
+
+
+def test_bootstrap_ci_for_flags_and_constants():
+    flags = [True] * 10 + [False] * 10
+    low, high = bootstrap_ci(flags)
+    assert 0.2 <= low < 0.5 < high <= 0.8
+    assert bootstrap_ci([1.0, 1.0, 1.0]) == (1.0, 1.0)
+    assert bootstrap_ci([0.25]) == (0.25, 0.25)
+
+
+def test_bootstrap_ci_narrows_with_more_data():
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 2, size=20)
+    large = rng.integers(0, 2, size=2000)
+    width = lambda ci: ci[1] - ci[0]  # noqa: E731
+    assert width(bootstrap_ci(large)) < width(bootstrap_ci(small)) / 3
+
+
+def test_bootstrap_ci_custom_stat_and_rows():
+    values = [1.0, 2.0, 3.0, 100.0]
+    low, high = bootstrap_ci(values, stat=np.median)
+    assert 1.0 <= low <= high <= 100.0
+    rows = [[1, 2], [0, 1], [3, 3]]  # ratio of column sums
+    low, high = bootstrap_ci(rows, stat=lambda r: r[:, 0].sum() / r[:, 1].sum())
+    assert 0.0 <= low <= 4 / 6 <= high <= 1.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, values",
+    [({}, []), ({}, [1.0, float("nan")]), ({"confidence": 1.0}, [1.0]), ({"n_resamples": 0}, [1.0])],
+)
+def test_bootstrap_ci_rejects_bad_input(kwargs, values):
+    with pytest.raises(ValueError):
+        bootstrap_ci(values, **kwargs)
+
+
+def test_bootstrap_ci_empty_message():
+    with pytest.raises(ValueError, match="at least one value"):
+        bootstrap_ci([])
+
+
+def test_pooled_ratio_weights_items_by_their_denominator():
+    # 3/4 and 1/4 pool to 4/8, not to the mean of the ratios; 1/1 and 0/3 pool to 1/4, not 0.5.
+    assert pooled_ratio([[3, 4], [1, 4]]) == 0.5
+    assert pooled_ratio([[1, 1], [0, 3]]) == 0.25

@@ -2,7 +2,7 @@
 
   sftlab data --config FILE   print the data report of a recipe
   sftlab run FILE             train and evaluate; write results/NAME/
-  sftlab rescore DIR          recompute a run's reply metrics from its samples.jsonl
+  sftlab rescore DIR [--model] recompute a run's metrics from its samples.jsonl (--model: the loss too)
   sftlab compare DIR_A DIR_B  does run B's every metric lie inside run A's 95% interval?
   sftlab notebooks export|execute|badges
                               the chapters as Colab notebooks (see sftlab.notebooks)
@@ -42,9 +42,9 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_rescore(args) -> int:
-    from .experiment import rescore
+    from .rescore import rescore
 
-    entry = rescore(args.results_dir)
+    entry = rescore(args.results_dir, with_model=args.model, progress=not args.quiet)
     changed = entry["changed"]
     print(f"{args.results_dir}: {len(changed)} metric value(s) changed")
     for key, (before, after) in sorted(changed.items()):
@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     rescore = sub.add_parser("rescore", help="recompute a finished run's reply metrics from samples.jsonl "
                                              "(after a metric changed); the held-out loss is kept")
     rescore.add_argument("results_dir", help="a finished run folder, e.g. results/default")
+    rescore.add_argument("--model", action="store_true",
+                         help="also recompute the held-out loss (split into content and end-of-turn tokens) with "
+                              "the run's base model and adapter: a minute or two, no generation")
+    rescore.add_argument("--quiet", action="store_true", help="no progress bars")
     rescore.set_defaults(func=_cmd_rescore)
     compare = sub.add_parser("compare", help="compare two runs' metrics: is each of B's values inside A's 95% interval?")
     compare.add_argument("a", help="the reference run folder, e.g. results/default")

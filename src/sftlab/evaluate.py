@@ -85,12 +85,16 @@ def generate_replies(
     return results  # type: ignore[return-value]
 
 
-def assistant_nll(model, dataset, *, batch_size: int = 4, max_batches: int | None = None, progress: bool = True):
+def assistant_nll(model, dataset, *, batch_size: int = 4, max_batches: int | None = None, progress: bool = True,
+                  eot_id: int | None = None):
     """Mean negative log-likelihood per assistant token, per conversation.
 
     Hand-written rather than `Trainer.evaluate`, because the book needs one number per
-    conversation (for bootstrap intervals), not only the corpus mean.
-    Returns (per-conversation list of (sum_nll, n_tokens), corpus mean nll).
+    conversation (for bootstrap intervals), not only the corpus mean, and the share of the
+    loss that sits on the end-of-turn tokens closing each reply.
+    Returns (per-conversation list of (sum_nll, n_tokens), corpus mean nll); with `eot_id`
+    each entry is (sum_nll, n_tokens, eot_sum_nll, eot_tokens), the last two over the
+    learned positions whose target is that token.
     """
     import torch
     from tqdm.auto import tqdm
@@ -113,17 +117,20 @@ def assistant_nll(model, dataset, *, batch_size: int = 4, max_batches: int | Non
             attn[r, : len(s)] = 1
             lab[r, : len(s)] = torch.where(torch.tensor(m) == 1, torch.tensor(s), torch.tensor(-100))
         with torch.no_grad():
-            nll = _labelled_nll(model, ids.to(device), attn.to(device), lab.to(device))
+            nll, eot_nll = _labelled_nll(model, ids.to(device), attn.to(device), lab.to(device), eot_id=eot_id)
         n_tok = (lab[:, 1:] != -100).sum(dim=1)
+        n_eot = (lab[:, 1:] == eot_id).sum(dim=1) if eot_id is not None else None
         for r in range(len(batch)):
-            per_conv.append((float(nll[r]), int(n_tok[r])))
-    total_nll = sum(a for a, _ in per_conv)
-    total_tok = sum(b for _, b in per_conv)
+            row = (float(nll[r]), int(n_tok[r]))
+            per_conv.append(row + (float(eot_nll[r]), int(n_eot[r])) if eot_id is not None else row)
+    total_nll = sum(c[0] for c in per_conv)
+    total_tok = sum(c[1] for c in per_conv)
     return per_conv, (total_nll / total_tok if total_tok else math.nan)
 
 
-def _labelled_nll(model, input_ids, attention_mask, labels):
-    """Summed NLL per row over labelled tokens, scoring only labelled positions."""
+def _labelled_nll(model, input_ids, attention_mask, labels, *, eot_id: int | None = None):
+    """Summed NLL per row over labelled tokens, scoring only labelled positions; and the same
+    sum over the positions whose target is `eot_id` (zeros without it)."""
     import torch
     import torch.nn.functional as F
 
@@ -134,7 +141,10 @@ def _labelled_nll(model, input_ids, attention_mask, labels):
     )
     token_nll = F.cross_entropy(logits, targets, reduction="none")
     rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(keep)[keep]
-    return torch.zeros(labels.shape[0], device=labels.device).index_add_(0, rows, token_nll)
+    total = torch.zeros(labels.shape[0], device=labels.device).index_add_(0, rows, token_nll)
+    is_eot = (targets == eot_id).to(token_nll.dtype) if eot_id is not None else torch.zeros_like(token_nll)
+    eot = torch.zeros(labels.shape[0], device=labels.device).index_add_(0, rows, token_nll * is_eot)
+    return total, eot
 
 
 def adapter_disabled(model):

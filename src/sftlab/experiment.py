@@ -42,11 +42,12 @@ from .evaluate import (
     generate_replies,
 )
 from .runinfo import git_commit, hardware, versions
-from .scoring import rescore, score_losses, score_systems, write_json_atomic
+from .rescore import LOSSES_FILE, annotate_samples, prompt_text, rescore
+from .scoring import score_losses, score_replies, write_json_atomic
 from .train import last_checkpoint, lora_update_norms, truncate_log
 
 __all__ = ["EVAL_DEFAULTS", "RunContext", "lora_update_norms", "rescore", "run_experiment", "score_losses",
-           "score_systems"]
+           "score_replies"]
 
 
 def _log(msg: str) -> None:
@@ -294,8 +295,9 @@ def heldout_loss(ctx: RunContext, label: str, mdl) -> dict:
     done = ctx.stages.get(f"loss_{label}")
     if done is None:
         t = time.time()
+        eot = ctx.tokenizer.convert_tokens_to_ids(ctx.fmt.end_of_turn)  # the loss is split at this token
         per_conv, mean = assistant_nll(mdl, ctx.eval_ds, max_batches=ctx.eval_cfg["loss_batches"],
-                                       progress=ctx.progress)
+                                       progress=ctx.progress, eot_id=eot)
         done = {"per_conversation": per_conv, "mean_nll": mean}
         ctx.timings[f"loss_{label}_s"] = time.time() - t
         ctx.stages.put(f"loss_{label}", done)
@@ -360,24 +362,27 @@ def generate_reference(ctx: RunContext) -> dict:
 
 
 def score(ctx: RunContext, replies: dict, losses: dict) -> None:
-    """Score every system's replies and held-out loss (see sftlab.scoring). Writes metrics.json; times score_s."""
+    """Score every system's replies and held-out loss, with the paired comparisons between systems
+    (see sftlab.scoring). Writes metrics.json and heldout_losses.json (the per-conversation loss
+    rows, so `sftlab rescore` can redo the loss statistics without the model); times score_s."""
     _log("scoring")
     t = time.time()
     eval_cfg, seed = ctx.eval_cfg, int(ctx.config.get("seed", 0))
     n_boot = int(eval_cfg["bootstrap_resamples"])
-    metrics = {
-        "systems": score_systems(replies, ctx.heldout_refs, ctx.if_records,
-                                 embeddings=bool(eval_cfg["embedding_similarity"]), n_resamples=n_boot, seed=seed),
-        "heldout_loss": score_losses(losses, n_resamples=n_boot, seed=seed),
-    }
+    reply_scores = score_replies(replies, ctx.heldout_refs, ctx.if_records,
+                                 heldout_prompts=[prompt_text(p) for p in ctx.heldout_prompts],
+                                 embeddings=bool(eval_cfg["embedding_similarity"]), n_resamples=n_boot, seed=seed)
+    loss_scores = score_losses(losses, n_resamples=n_boot, seed=seed)
+    metrics = {"systems": reply_scores["systems"], "heldout_loss": loss_scores["heldout_loss"],
+               "comparisons": reply_scores["comparisons"] + loss_scores["comparisons"]}
     (ctx.work / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json_atomic(ctx.work / LOSSES_FILE, {s: loss["per_conversation"] for s, loss in losses.items()})
     ctx.timings["score_s"] = time.time() - t
 
 
 def write_samples(ctx: RunContext, replies: dict) -> None:
-    """Write samples.jsonl: every prompt with its reference, IFEval checks and every system's reply."""
-    from . import ifeval as ifeval_mod
-
+    """Write samples.jsonl: every prompt with its reference, IFEval checks and every system's reply,
+    each reply with its category and (IFEval) which checks it passed."""
     samples = []
     for i, (conv, ref) in enumerate(zip(ctx.heldout, ctx.heldout_refs)):
         samples.append({"set": "heldout", "id": conv["id"], "prompt": conv["messages"][:-1], "reference": ref,
@@ -387,10 +392,9 @@ def write_samples(ctx: RunContext, replies: dict) -> None:
                "reference": None, "checks": rec["checks"], "replies": {}}
         for s in replies:
             r = dict(replies[s]["ifeval"][i])
-            r["checks_passed"] = ifeval_mod.score_reply(rec, r["text"])["instruction_results"]
             row["replies"][s] = r
         samples.append(row)
-    _write_jsonl(ctx.work / "samples.jsonl", samples)
+    _write_jsonl(ctx.work / "samples.jsonl", annotate_samples(samples))  # + categories and IFEval checks
 
 
 def finish(ctx: RunContext, train_stats: dict) -> Path:

@@ -18,10 +18,11 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 
 from sftlab.errors import DataError
-from sftlab.metrics import bootstrap_ci, count_words, pooled_ratio
+from sftlab.echo import echoed_spans, strip_echo
+from sftlab.metrics import count_words
+from sftlab.stats import bootstrap_ci, pooled_ratio, rate
 
 PROMPTS_PATH = Path(__file__).resolve().parent / "prompts" / "ifeval.jsonl"
 
@@ -300,19 +301,42 @@ def load_prompts(path: str | Path | None = None) -> list[dict]:
 # --------------------------------------------------------------------------- scoring
 
 
-def score_reply(prompt_record: Mapping, reply: str) -> dict:
+def score_reply(prompt_record: Mapping, reply: str, *, echo_proof: bool = True) -> dict:
     """Run every check of one prompt on one reply.
 
     An empty or blank reply follows no instruction (otherwise it would pass
-    max_words, no_commas, all_lowercase, ... for free).
+    max_words, no_commas, all_lowercase, ... for free). With `echo_proof` (the default),
+    text the reply copied from the prompt (`sftlab.echo`) can neither earn nor excuse an
+    instruction: a check must pass on the whole reply AND on the reply without its copied
+    text, which must not be blank. So a reply that copies "give it a title like <<My
+    Title>>" gets no title credit, and copying a prompt that has no commas is not "no commas".
     ({"id": "x", "prompt": "...", "checks": [{"type": "no_commas"}, {"type": "max_words", "n": 3}]},
-     "One two three four.") -> {"id": "x", "prompt_level": False, "instruction_results": [True, False]}
+     "One two three four.") -> {"id": "x", "prompt_level": False, "instruction_results": [True, False],
+     "echoed": False}
     """
+    own = strip_echo(reply, prompt_record["prompt"]) if echo_proof else reply
     results = []
     for check in prompt_record["checks"]:
-        ok = bool(reply.strip()) and CHECKS[check["type"]](reply, **_check_args(check))
+        fn, args = CHECKS[check["type"]], _check_args(check)
+        ok = bool(own.strip()) and fn(reply, **args) and (own is reply or fn(own, **args))
         results.append(bool(ok))
-    return {"id": prompt_record["id"], "prompt_level": all(results), "instruction_results": results}
+    return {"id": prompt_record["id"], "prompt_level": all(results), "instruction_results": results,
+            "echoed": bool(echoed_spans(reply, prompt_record["prompt"]))}
+
+
+def ifeval_values(records: Sequence[Mapping], replies: Sequence[str], *, echo_proof: bool = True) -> dict:
+    """Per-prompt values, aligned with `records`: "prompt_level" (0/1: every check passed),
+    "instruction_level" (rows [checks passed, checks]) and "echoed" (0/1: the reply copied
+    the prompt). What both one system's accuracy and a paired comparison resample."""
+    if len(replies) != len(records):
+        raise ValueError(f"{len(records)} prompts but {len(replies)} replies")
+    scores = [score_reply(rec, reply, echo_proof=echo_proof) for rec, reply in zip(records, replies)]
+    return {
+        "prompt_level": [float(s["prompt_level"]) for s in scores],
+        "instruction_level": [[sum(s["instruction_results"]), len(s["instruction_results"])] for s in scores],
+        "echoed": [float(s["echoed"]) for s in scores],
+        "scores": scores,
+    }
 
 
 def ifeval_accuracy(
@@ -323,13 +347,14 @@ def ifeval_accuracy(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> dict:
-    """Prompt-level and instruction-level accuracy of one system, with bootstrap intervals.
+    """Prompt-level and instruction-level accuracy of one system, with 95% intervals.
 
     `replies` is a list aligned with `records` or a dict from prompt id to reply.
-    prompt_level: share of prompts whose checks all pass; instruction_level:
-    share of all checks that pass. Both intervals resample prompts (an
-    instruction-level resample keeps a prompt's checks together).
-    per_type: {check type: {"value": pass rate, "ci": [lo, hi], "n": number of checks}}.
+    prompt_level: share of prompts whose checks all pass (Wilson interval); instruction_level:
+    share of all checks that pass (bootstrap over prompts, which keeps a prompt's checks
+    together). Both are echo-proof (see `score_reply`); "raw" holds both without that rule,
+    and "n_echoed" counts the replies that copied their prompt.
+    per_type: {check type: {"value": pass rate, "ci": [lo, hi] (Wilson), "n": number of checks}}.
     Two prompts with checks [pass, fail] and [pass] ->
     prompt_level 0.5, instruction_level 2/3, n_prompts 2, n_instructions 3.
     """
@@ -343,26 +368,23 @@ def ifeval_accuracy(
     if len(replies) != len(records):
         raise ValueError(f"{len(records)} prompts but {len(replies)} replies")
 
-    def ci(values, stat=np.mean) -> list[float]:
-        low, high = bootstrap_ci(values, stat=stat, n_resamples=n_resamples, confidence=confidence, seed=seed)
-        return [low, high]
+    def pooled(rows) -> dict:
+        low, high = bootstrap_ci(rows, stat=pooled_ratio, n_resamples=n_resamples, confidence=confidence, seed=seed)
+        return {"value": pooled_ratio(rows), "ci": [low, high]}
 
-    scores = [score_reply(rec, reply) for rec, reply in zip(records, replies)]
-    prompt_flags = [float(s["prompt_level"]) for s in scores]
-    rows = [[sum(s["instruction_results"]), len(s["instruction_results"])] for s in scores]
-
+    values = ifeval_values(records, replies)
+    raw = ifeval_values(records, replies, echo_proof=False)
     per_type_flags: dict[str, list[float]] = {}
-    for rec, s in zip(records, scores):
+    for rec, s in zip(records, values["scores"]):
         for check, ok in zip(rec["checks"], s["instruction_results"]):
             per_type_flags.setdefault(check["type"], []).append(float(ok))
 
     return {
-        "prompt_level": {"value": float(np.mean(prompt_flags)), "ci": ci(prompt_flags)},
-        "instruction_level": {"value": pooled_ratio(rows), "ci": ci(rows, pooled_ratio)},
+        "prompt_level": rate(values["prompt_level"]),
+        "instruction_level": pooled(values["instruction_level"]),
         "n_prompts": len(records),
-        "n_instructions": int(sum(n for _, n in rows)),
-        "per_type": {
-            t: {"value": float(np.mean(flags)), "ci": ci(flags), "n": len(flags)}
-            for t, flags in sorted(per_type_flags.items())
-        },
+        "n_instructions": int(sum(n for _, n in values["instruction_level"])),
+        "n_echoed": int(sum(values["echoed"])),
+        "raw": {"prompt_level": rate(raw["prompt_level"]), "instruction_level": pooled(raw["instruction_level"])},
+        "per_type": {t: rate(flags) for t, flags in sorted(per_type_flags.items())},
     }

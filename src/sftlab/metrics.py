@@ -7,21 +7,21 @@ without the Hugging Face Hub.
 
 References: ROUGE (Lin 2004); BLEU (Papineni et al. 2002) with smoothing
 method 1 of Chen and Cherry (2014); distinct-n (Li et al. 2016, arXiv:1510.03055);
-Sentence-BERT embeddings (Reimers and Gurevych 2019), model all-MiniLM-L6-v2;
-percentile bootstrap (Efron and Tibshirani 1993).
+Sentence-BERT embeddings (Reimers and Gurevych 2019), model all-MiniLM-L6-v2.
+Intervals are in `sftlab.stats`; one system's summary of all metrics in `sftlab.scoring`.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from sftlab.errors import DataError, MissingPackageError
+from sftlab.errors import MissingPackageError
 
 METRIC_MODULES_DIR = Path(__file__).resolve().parent / "metrics"  # local evaluate modules
 
@@ -336,55 +336,6 @@ def _glued_header(match: re.Match) -> bool:
     return not word.endswith(_GLUED_ROLE_WORD_ENDINGS)
 
 
-# --------------------------------------------------------------------------- intervals
-
-
-def bootstrap_ci(
-    values,
-    *,
-    stat: Callable = np.mean,
-    n_resamples: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval for `stat` of `values`, the same for the same seed.
-
-    Resamples the items with replacement `n_resamples` times, computes `stat`
-    on each resample, and returns the (1 - confidence) / 2 and
-    (1 + confidence) / 2 percentiles. Works for 0/1 flags and for floats.
-    `values` may also be a 2-D array: rows are resampled together, and `stat`
-    gets the resampled rows (e.g. per-item sufficient statistics for a corpus metric).
-    [1.0, 1.0, 1.0] -> (1.0, 1.0);  20 coin flips with 10 heads -> about (0.3, 0.7)
-    """
-    arr = np.asarray(values, dtype=float)
-    if arr.ndim == 0 or arr.shape[0] == 0:
-        raise ValueError("bootstrap_ci needs at least one value")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError("bootstrap_ci got a NaN or infinite value")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, arr.shape[0], size=(n_resamples, arr.shape[0]))
-    if stat is np.mean and arr.ndim == 1:
-        stats = arr[idx].mean(axis=1)  # same numbers as the loop, much faster
-    else:
-        stats = np.array([stat(arr[i]) for i in idx], dtype=float)
-    alpha = (1 - confidence) / 2
-    low, high = np.percentile(stats, [100 * alpha, 100 * (1 - alpha)])
-    return float(low), float(high)
-
-
-def pooled_ratio(rows) -> float:
-    """Sum of the first column over sum of the second: a ratio pooled over items, for bootstrapping.
-
-    [[3, 4], [1, 4]] -> 0.5 (e.g. instructions followed / instructions, or NLL sum / tokens)
-    """
-    rows = np.asarray(rows, dtype=float)
-    return float(rows[:, 0].sum() / rows[:, 1].sum())
-
-
 def perplexity(mean_nll: float) -> float:
     """exp(mean negative log-likelihood per token, in nats): 2.02 -> 7.54, 0 -> 1.0."""
     if math.isnan(mean_nll) or mean_nll < 0:
@@ -393,88 +344,3 @@ def perplexity(mean_nll: float) -> float:
         return math.exp(mean_nll)
     except OverflowError:
         return math.inf
-
-
-# --------------------------------------------------------------------------- one system
-
-
-def _field(records: Sequence[Mapping], name: str) -> list | None:
-    """The values of `name` if every record has it, None if none has it; a mix is an error."""
-    present = [r.get(name) is not None for r in records]
-    if not any(present):
-        return None
-    if not all(present):
-        i = present.index(False)
-        raise DataError(f"record {i} has no {name!r}, but other records do: give it to all or none")
-    return [r[name] for r in records]
-
-
-def summarize(
-    records: Sequence[Mapping],
-    *,
-    embeddings: bool = False,
-    tokenizer=None,
-    n_resamples: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> dict:
-    """All corpus metrics for one system's replies, as a JSON-ready dict.
-
-    Each record is one reply: "reply" (required); "reference" (a reference
-    reply: enables rougeL, bleu and, with embeddings=True, embedding_similarity);
-    "stopped" (bool: enables stop_rate); "mean_nll" with optional "n_tokens"
-    (per-item NLL in nats: enables perplexity, token-weighted when n_tokens is
-    given). Other keys are ignored. An optional field must be on every record or on none.
-
-    Each metric is {"value": v, "ci": [low, high]} with a percentile bootstrap
-    over items, or "ci": None where resampling replies would bias the number
-    (distinct-n: a duplicated reply repeats its own n-grams). BLEU and
-    perplexity are resampled through their pooled statistics.
-    [{"reply": "Paris.", "reference": "Paris.", "stopped": True}] ->
-    {"n": 1, "rougeL": {"value": 1.0, "ci": [1.0, 1.0]}, "stop_rate": {...}, ...}
-    """
-    if not records:
-        raise ValueError("summarize needs at least one record")
-    replies = _field(records, "reply")
-    if replies is None:
-        raise DataError("records have no 'reply' field")
-
-    def ci(values, stat=np.mean) -> list[float]:
-        low, high = bootstrap_ci(values, stat=stat, n_resamples=n_resamples, confidence=confidence, seed=seed)
-        return [low, high]
-
-    def interval(values) -> dict:
-        return {"value": float(np.mean(values)), "ci": ci(values)}
-
-    lengths = [reply_length(r, tokenizer) for r in replies]
-    leaks = [float(role_leak(r)) for r in replies]
-    out: dict = {
-        "n": len(replies),
-        "reply_length": {**interval(lengths), "unit": "words" if tokenizer is None else "tokens"},
-        "role_leak_rate": interval(leaks),
-        "distinct_1": {"value": distinct_n(replies, 1), "ci": None},
-        "distinct_2": {"value": distinct_n(replies, 2), "ci": None},
-    }
-
-    stopped = _field(records, "stopped")
-    if stopped is not None:
-        out["stop_rate"] = interval([float(bool(s)) for s in stopped])
-
-    references = _field(records, "reference")
-    if references is not None:
-        out["rougeL"] = interval(rouge_l_per_item(replies, references))
-        stats = [bleu_item_stats(p, r) for p, r in zip(replies, references)]
-        out["bleu"] = {"value": bleu(replies, references), "ci": ci(stats, bleu_from_stats)}
-        if embeddings:
-            out["embedding_similarity"] = interval(embedding_similarity(replies, references))
-
-    nll = _field(records, "mean_nll")
-    if nll is not None:
-        n_tokens = _field(records, "n_tokens") or [1] * len(nll)
-        rows = [[float(m) * t, t] for m, t in zip(nll, n_tokens)]
-
-        def pooled_ppl(rows) -> float:
-            return perplexity(pooled_ratio(rows))
-
-        out["perplexity"] = {"value": pooled_ppl(rows), "ci": ci(rows, pooled_ppl)}
-    return out

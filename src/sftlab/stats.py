@@ -19,6 +19,52 @@ import numpy as np
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
+def bootstrap_ci(
+    values,
+    *,
+    stat: Callable = np.mean,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval for `stat` of `values`, the same for the same seed.
+
+    Resamples the items with replacement `n_resamples` times, computes `stat`
+    on each resample, and returns the (1 - confidence) / 2 and
+    (1 + confidence) / 2 percentiles. Works for 0/1 flags and for floats.
+    `values` may also be a 2-D array: rows are resampled together, and `stat`
+    gets the resampled rows (e.g. per-item sufficient statistics for a corpus metric).
+    [1.0, 1.0, 1.0] -> (1.0, 1.0);  20 coin flips with 10 heads -> about (0.3, 0.7)
+    """
+    arr = np.asarray(values, dtype=float)
+    if arr.ndim == 0 or arr.shape[0] == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("bootstrap_ci got a NaN or infinite value")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, arr.shape[0], size=(n_resamples, arr.shape[0]))
+    if stat is np.mean and arr.ndim == 1:
+        stats = arr[idx].mean(axis=1)  # same numbers as the loop, much faster
+    else:
+        stats = np.array([stat(arr[i]) for i in idx], dtype=float)
+    alpha = (1 - confidence) / 2
+    low, high = np.percentile(stats, [100 * alpha, 100 * (1 - alpha)])
+    return float(low), float(high)
+
+
+def pooled_ratio(rows) -> float:
+    """Sum of the first column over sum of the second: a ratio pooled over items, for bootstrapping.
+
+    [[3, 4], [1, 4]] -> 0.5 (e.g. instructions followed / instructions, or NLL sum / tokens)
+    """
+    rows = np.asarray(rows, dtype=float)
+    return float(rows[:, 0].sum() / rows[:, 1].sum())
+
+
 def wilson_interval(successes: int, n: int, *, z: float = Z95) -> list[float]:
     """Wilson score interval for a proportion: (0 of 4) -> [0.0, 0.49]; (4 of 4) -> [0.51, 1.0].
 

@@ -223,17 +223,13 @@ def metric_entry(results: Results, system: str, metric: str, set: str = "heldout
 
 
 def _stop_ci(results: Results, system: str, set: str) -> list[float] | None:
-    """95% bootstrap interval of a stop rate, from the stop flags in samples.jsonl."""
-    from ..metrics import bootstrap_ci
+    """95% Wilson interval of a stop rate, from the stop flags in samples.jsonl (for a metrics.json
+    written before the IFEval stop rate carried its own interval)."""
+    from ..stats import rate
 
-    flags = [float(bool(s["replies"][system].get("stopped"))) for s in results.samples
+    flags = [bool(s["replies"][system].get("stopped")) for s in results.samples
              if s.get("set") == set and system in s.get("replies", {})]
-    if not flags:
-        return None
-    ev = results.config.get("evaluation") or {}
-    lo, hi = bootstrap_ci(flags, n_resamples=int(ev.get("bootstrap_resamples") or 1000),
-                          seed=int(results.config.get("seed") or 0))
-    return [lo, hi]
+    return rate(flags)["ci"] if flags else None
 
 
 def samples(results: Results, set: str = "heldout", ids=None) -> list[dict]:
