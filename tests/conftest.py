@@ -8,17 +8,15 @@ Tests that need the real packaged model or data are marked `slow`.
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
-import yaml
 
 # The Hub is unreachable on CI machines; never let a test wait on it.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tiny_models import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from tiny_models import build_tiny_model, build_tiny_tokenizer, write_tiny_recipe  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -66,37 +64,7 @@ def three_turn_conversation():
     ]
 
 
-def _write_conversations(path, n=24):
-    topics = ["the sea", "France", "a fox", "numbers", "poems", "the weather"]
-    with path.open("w") as f:
-        for i in range(n):
-            t = topics[i % len(topics)]
-            messages = [
-                {"role": "user", "content": f"Tell me about {t}, please ({i})."},
-                {"role": "assistant", "content": f"Here is a short answer about {t}."},
-            ]
-            f.write(json.dumps({"id": f"c{i}", "messages": messages}) + "\n")
-
-
 @pytest.fixture()
 def tiny_recipe(tmp_path, tiny_model_dir):
     """A whole-run recipe on the tiny model: 24 conversations, 3 training steps, every system."""
-    data = tmp_path / "convs.jsonl"
-    _write_conversations(data)
-    recipe = {
-        "name": "tiny",
-        "seed": 0,
-        "model": {"base": str(tiny_model_dir), "reference": str(tiny_model_dir),
-                  "template": "gemma", "reference_template": "gemma"},
-        "data": {"source": str(data), "english_only": False, "min_tokens": None, "max_tokens": None,
-                 "train_size": 16, "eval_size": 4},
-        "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "all-linear",
-                 "trainable_token_indices": ["<end_of_turn>"]},
-        "training": {"max_steps": 3, "per_device_train_batch_size": 4, "learning_rate": 1e-3,
-                     "max_length": 256, "bf16": False, "gradient_checkpointing": False},
-        "evaluation": {"heldout_size": 4, "max_new_tokens": 6, "batch_size": 8,
-                       "embedding_similarity": False, "bootstrap_resamples": 50},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_tiny_recipe(tmp_path, tiny_model_dir)

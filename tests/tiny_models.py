@@ -6,6 +6,9 @@ files in several test folders, `from conftest import ...` would be ambiguous.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 TINY_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
 
 _CORPUS = [
@@ -73,3 +76,41 @@ def build_tiny_model(tokenizer, seed: int = 0):
     model = Gemma3ForCausalLM(config)
     model.eval()
     return model
+
+
+def _write_conversations(path, n=24):
+    topics = ["the sea", "France", "a fox", "numbers", "poems", "the weather"]
+    with path.open("w") as f:
+        for i in range(n):
+            t = topics[i % len(topics)]
+            messages = [
+                {"role": "user", "content": f"Tell me about {t}, please ({i})."},
+                {"role": "assistant", "content": f"Here is a short answer about {t}."},
+            ]
+            f.write(json.dumps({"id": f"c{i}", "messages": messages}) + "\n")
+
+
+def write_tiny_recipe(folder, model_dir):
+    """A whole-run recipe on the tiny model in `folder`: 24 conversations, 3 training steps, every system."""
+    import yaml
+
+    model_dir = str(model_dir)
+    data = Path(folder) / "convs.jsonl"
+    _write_conversations(data)
+    recipe = {
+        "name": "tiny",
+        "seed": 0,
+        "model": {"base": model_dir, "reference": model_dir,
+                  "template": "gemma", "reference_template": "gemma"},
+        "data": {"source": str(data), "english_only": False, "min_tokens": None, "max_tokens": None,
+                 "train_size": 16, "eval_size": 4},
+        "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "all-linear",
+                 "trainable_token_indices": ["<end_of_turn>"]},
+        "training": {"max_steps": 3, "per_device_train_batch_size": 4, "learning_rate": 1e-3,
+                     "max_length": 256, "bf16": False, "gradient_checkpointing": False},
+        "evaluation": {"heldout_size": 4, "max_new_tokens": 6, "batch_size": 8,
+                       "embedding_similarity": False, "bootstrap_resamples": 50},
+    }
+    path = Path(folder) / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path

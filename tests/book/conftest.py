@@ -208,3 +208,21 @@ def chat_model(tiny_model, gemma_tok):
     fmt = prepare_tokenizer(gemma_tok, "gemma")
     prepare_model(tiny_model, gemma_tok, fmt)
     return tiny_model
+
+
+# --------------------------------------------------------------------------- a real tiny run
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_model_dir):
+    """A finished `sftlab run` of the tiny recipe (every file a real run writes), loaded as the book
+    loads a run: metrics with paired comparisons, reply categories and the split held-out loss."""
+    from tiny_models import write_tiny_recipe
+
+    from sftlab.experiment import run_experiment
+
+    folder = tmp_path_factory.mktemp("tiny-run")
+    (folder / "pyproject.toml").write_text("[project]\nname = 'demo'\n")
+    recipe = write_tiny_recipe(folder, tiny_model_dir)
+    out = run_experiment(recipe, results_root=folder / "results", progress=False)
+    return results_mod.load_results(str(out), root=folder)

@@ -68,7 +68,14 @@ HELDOUT_METRICS = [
     Metric("distinct_1", "distinct-1", "score", "higher",
            "distinct words over all words across replies: low means repetitive [@li2016diversity]"),
     Metric("distinct_2", "distinct-2", "score", "higher",
-           "distinct word pairs over all word pairs across replies [@li2016diversity]"),
+           "distinct word pairs over all word pairs across replies [@li2016diversity]; longer replies repeat "
+           "more pairs, so it also measures length"),
+    Metric("distinct_2_matched", "distinct-2 (first 30 words)", "score", "higher",
+           "distinct word pairs within each reply's first 30 words, averaged over replies at least that long: "
+           "diversity at a matched length"),
+    Metric("canned_rate", "canned replies", "rate", "lower",
+           "share of replies that only deflect (\"I'm not sure what you mean\") or greet (\"How can I help you "
+           "today?\") instead of answering; see the reply categories"),
     Metric("reply_length", "reply length (words)", "length", "",
            "mean words per reply; neither higher nor lower is better in itself"),
 ]
@@ -76,9 +83,12 @@ HELDOUT_METRICS = [
 
 IFEVAL_METRICS = [
     Metric("prompt_level", "IFEval prompt-level accuracy", "rate", "higher",
-           "share of prompts whose every instruction is followed [@zhou2023ifeval]"),
+           "share of prompts whose every instruction is followed [@zhou2023ifeval], by the reply's own text: "
+           "text copied from the prompt earns nothing"),
     Metric("instruction_level", "IFEval instruction-level accuracy", "rate", "higher",
-           "share of all individual instructions followed [@zhou2023ifeval]"),
+           "share of all individual instructions followed [@zhou2023ifeval], copied text earning nothing"),
+    Metric("canned_rate", "canned replies (IFEval prompts)", "rate", "lower",
+           "share of IFEval replies that only deflect or greet"),
     Metric("stop_rate", "stop rate (IFEval prompts)", "rate", "higher",
            "share of IFEval replies that ended before the token limit"),
 ]
@@ -90,6 +100,10 @@ LOSS_METRICS = [
            "conversation so far"),
     Metric("perplexity", "held-out perplexity", "ppl", "lower",
            "exp(held-out loss): the effective number of equally likely next tokens"),
+    Metric("content_nll", "held-out loss, reply text (nats/token)", "nats", "lower",
+           "the held-out loss over the reply's own tokens only, without the end-of-turn token that closes it"),
+    Metric("eot_nll", "held-out loss, end-of-turn (nats/token)", "nats", "lower",
+           "the held-out loss of the end-of-turn token alone: how surprised the model is that the reply ends there"),
 ]
 
 
@@ -97,6 +111,15 @@ METRICS = {m.key: m for m in HELDOUT_METRICS}
 
 
 _ALL_METRICS = {**{m.key: m for m in IFEVAL_METRICS}, **{m.key: m for m in LOSS_METRICS}, **METRICS}
+
+
+def metric_spec(key: str, set: str = "heldout") -> Metric:
+    """How the book names and reads metric `key` of prompt set `set` ("heldout", "ifeval", "loss")."""
+    specs = {"heldout": HELDOUT_METRICS, "ifeval": IFEVAL_METRICS, "loss": LOSS_METRICS}[set]
+    for m in specs:
+        if m.key == key:
+            return m
+    return _ALL_METRICS.get(key, Metric(key, key, "score", "", ""))
 
 
 def label(system: str) -> str:

@@ -152,6 +152,14 @@ def chart_loss_curve(results: Results, window: int | None = None, heldout: bool 
              + base.mark_line(strokeWidth=2.5).transform_filter(alt.datum.series != "train loss (each step)"))
     ev_pts = base.mark_point(filled=True, size=40).transform_filter(alt.datum.series == "eval-split loss")
     chart = chart + ev_pts
+    if not log.empty and "epoch" in log and log["epoch"].max() > 1:
+        bounds = [{"step": float(log[log["epoch"] <= e]["step"].max()), "what": f"end of epoch {e}"}
+                  for e in range(1, int(math.ceil(float(log["epoch"].max()) - 1e-9)))]
+        if bounds:
+            epochs = alt.Chart(pd.DataFrame(bounds)).mark_rule(color="#888888", strokeDash=[2, 2])
+            chart = chart + epochs.encode(x="step:Q", tooltip=["what:N"]) + epochs.mark_text(
+                align="left", dx=3, dy=-4, baseline="top", color="#555555", fontSize=10).encode(
+                x="step:Q", y=alt.value(0), text="what:N")
     if heldout and results.metrics.get("heldout_loss"):
         rules = pd.DataFrame([{"loss": v["mean_nll"], "who": f"held-out loss, {label(s)}"}
                               for s, v in results.metrics["heldout_loss"].items() if v.get("mean_nll") is not None])
@@ -393,3 +401,82 @@ def chart_attention_matrix(frame, title: str = "", difference: bool = False):
         tooltip=["query_token:N", "key_token:N", "key_segment:N", alt.Tooltip("weight:Q", format=".3f")],
     )
     return alt.layer(strip, heat).resolve_scale(color="independent").properties(width=520, height=280, title=title)
+
+
+CATEGORY_COLORS = {  # answer blue, canned orange, failures grey-red
+    "answer": "#0072b2", "cut": "#56b4e9", "greeting": "#e69f00", "deflection": "#d55e00",
+    "loop": "#999999", "echo": "#cc79a7", "empty": "#000000",
+}
+
+
+def chart_categories(results: Results, set: str = "heldout") -> alt.Chart:
+    """What each system's replies are: the share of each reply category (sftlab.categories), one bar per system."""
+    from ..categories import CATEGORIES
+
+    rows = []
+    for s in results.systems:
+        counts = ((results.metrics["systems"][s].get(set) or {}).get("categories")) or {}
+        n = sum(counts.values())
+        rows += [{"system": label(s), "category": c, "replies": counts.get(c, 0), "share": counts.get(c, 0) / n,
+                  "order": CATEGORIES.index(c)} for c in CATEGORIES if n]
+    df = pd.DataFrame(rows, columns=["system", "category", "replies", "share", "order"])
+    order = _system_order(results.systems)
+    return alt.Chart(df).mark_bar().encode(
+        y=alt.Y("system:N", sort=order, title=None),
+        x=alt.X("replies:Q", stack="normalize", title="share of replies", axis=alt.Axis(format="%")),
+        color=alt.Color("category:N", sort=list(CATEGORIES),
+                        scale=alt.Scale(domain=list(CATEGORIES), range=[CATEGORY_COLORS[c] for c in CATEGORIES]),
+                        legend=alt.Legend(title=None, orient="bottom", columns=4)),
+        order=alt.Order("order:Q"),
+        tooltip=["system:N", "category:N", "replies:Q", alt.Tooltip("share:Q", format=".0%")],
+    ).properties(title=f"What the replies are ({'held-out' if set == 'heldout' else 'IFEval-style'} prompts)",
+                 width=WIDTH - 160, height=alt.Step(26))
+
+
+def paired_frame(results: Results, kind: str = "rate") -> pd.DataFrame:
+    """Paired differences (metrics.json "comparisons") of the metrics of one kind ("rate": in
+    percentage points; "score": 0-1 scores), one row per (pair, metric), with the reading."""
+    from ..stats import verdict
+    from .catalog import metric_spec
+
+    rows = []
+    for c in results.metrics.get("comparisons") or []:
+        if c["set"] == "loss":
+            continue
+        m = metric_spec(c["metric"], c["set"])
+        if m.kind != kind or not m.better:
+            continue
+        scale = 100.0 if kind == "rate" else 1.0
+        prompts = "IFEval" if c["set"] == "ifeval" else "held-out"
+        rows.append({"pair": f"{label(c['a'])} − {label(c['b'])}", "metric": f"{m.label} ({prompts})"
+                     if "IFEval" not in m.label else m.label,
+                     "difference": c["difference"] * scale, "lo": c["ci"][0] * scale, "hi": c["ci"][1] * scale,
+                     "reading": {"better": "first system better", "worse": "first system worse",
+                                 "unclear": "not separable"}[verdict(c, m.better)],
+                     "better": f"{m.better} is better"})
+    return pd.DataFrame(rows, columns=["pair", "metric", "difference", "lo", "hi", "reading", "better"])
+
+
+def chart_paired_differences(results: Results, kind: str = "rate") -> alt.Chart:
+    """Forest plot of paired differences between the compared systems: each metric's difference
+    (dot) with its 95% interval (bar) on the same prompts; an interval that crosses the zero line
+    cannot tell the two systems apart. Colour: whether the first system of the pair is better."""
+    df = paired_frame(results, kind)
+    unit = "difference, percentage points" if kind == "rate" else "difference"
+    pairs = list(dict.fromkeys(df["pair"]))
+    base = alt.Chart().encode(
+        y=alt.Y("metric:N", title=None, sort=list(dict.fromkeys(df["metric"]))),
+        color=alt.Color("reading:N", scale=alt.Scale(domain=["first system better", "first system worse",
+                                                            "not separable"],
+                                                    range=["#1a7f37", "#c44e52", "#8c8c8c"]),
+                        legend=alt.Legend(title=None, orient="bottom")),
+        tooltip=["pair:N", "metric:N", alt.Tooltip("difference:Q", format="+.3f"), alt.Tooltip("lo:Q", format="+.3f"),
+                 alt.Tooltip("hi:Q", format="+.3f"), "better:N"],
+    )
+    bars = base.mark_rule(strokeWidth=2.5).encode(x=alt.X("lo:Q", title=unit), x2="hi:Q")
+    dots = base.mark_circle(size=70, opacity=1).encode(x="difference:Q")
+    zero = alt.Chart().mark_rule(color="#333333", strokeDash=[4, 3]).encode(x=alt.datum(0))
+    return alt.layer(zero, bars, dots, data=df).properties(width=WIDTH - 330, height=alt.Step(18)).facet(
+        row=alt.Row("pair:N", sort=pairs, title=None, header=alt.Header(labelAngle=0, labelAlign="left",
+                                                                          labelFontWeight="bold")),
+    ).properties(title="Paired differences on the same prompts, with 95% intervals")

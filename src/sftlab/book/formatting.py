@@ -61,6 +61,26 @@ def fmt_ci(entry: dict | None, kind: str = "score") -> str:
     return text
 
 
+def fmt_diff(entry: dict | None, kind: str = "score") -> str:
+    """A paired difference with its interval, signed, in the metric's unit: rates in percentage
+    points. {"difference": 0.933, "ci": [0.833, 1.0]} as a rate -> "+93 pp [+83, +100]"."""
+    if not entry or entry.get("difference") is None:
+        return "–"
+
+    def one(v):
+        if kind == "rate":
+            return f"{100 * v:+.0f}"
+        if kind == "length":
+            return f"{v:+.1f}"
+        if kind in ("nats", "ppl"):
+            return f"{v:+.2f}"
+        return f"{v:+.3f}"
+
+    unit = " pp" if kind == "rate" else ""
+    low, high = entry["ci"]
+    return f"{one(entry['difference'])}{unit} [{one(low)}, {one(high)}]"
+
+
 def md_escape(text: str) -> str:
     """Text for a Markdown table cell: no raw HTML, no emphasis, no column breaks, no math;
     a newline shows as ↵."""

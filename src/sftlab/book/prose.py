@@ -9,24 +9,29 @@ overlap.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
-from .catalog import _ALL_METRICS, HELDOUT_METRICS, IFEVAL_METRICS, LOSS_METRICS, Metric, label
-from .formatting import fmt_ci, fmt_count, fmt_duration
-from .results import Results, metric_entry, samples
+from .catalog import HELDOUT_METRICS, IFEVAL_METRICS, LOSS_METRICS, Metric, label, metric_spec
+from .formatting import fmt_ci, fmt_count, fmt_diff, fmt_duration, fmt_value
+from .results import Results, comparison, metric_entry, samples
 from .tables import role_leak_table
 
 
 
 @dataclass
 class Comparison:
-    """Two systems on one metric: which is higher, and whether their 95% intervals overlap."""
+    """Two systems on one metric: which is higher and, from the paired difference on the same prompts
+    (metrics.json "comparisons"), whether this evaluation can tell them apart. Runs without paired
+    differences fall back to whether the two separate 95% intervals overlap."""
 
     metric: Metric
     a: str
     b: str
     a_entry: dict
     b_entry: dict
+    paired: dict | None = None
 
     @property
     def difference(self) -> float:
@@ -40,7 +45,11 @@ class Comparison:
 
     @property
     def separated(self) -> bool | None:
-        """True when the intervals do not overlap; None when either has no interval."""
+        """True when the paired 95% interval excludes 0 (else: the separate intervals do not overlap);
+        None when there is no interval to judge by."""
+        if self.paired is not None:
+            low, high = self.paired["ci"]
+            return not (low <= 0 <= high)
         ca, cb = self.a_entry.get("ci"), self.b_entry.get("ci")
         if not ca or not cb:
             return None
@@ -58,12 +67,20 @@ class Comparison:
         m = self.metric
         a_txt, b_txt = fmt_ci(self.a_entry, m.kind), fmt_ci(self.b_entry, m.kind)
         head = f"{m.label}: **{label(self.a)}** {a_txt} versus **{label(self.b)}** {b_txt}"
-        if self.direction == "equal":
+        if self.direction == "equal" and not self.paired:
             return head + " — the same value."
-        verdict = f"{label(self.a)} is {self.direction}"
+        verdict = f"{label(self.a)} is {self.direction}" if self.direction != "equal" else "the same value"
         if self.a_better is not None:
             verdict += f" ({'better' if self.a_better else 'worse'}: {m.better} is better)"
-        if self.separated is True:
+        if self.paired is not None:
+            p = self.paired
+            counts = (f"; {label(self.a)} is higher on {p['n_a_higher']} and lower on {p['n_b_higher']} of "
+                      f"{p['n']} prompts" if "n_a_higher" in p else "")
+            verdict += f"; paired difference {fmt_diff(p, m.kind)}{counts}"
+            verdict += (": the paired 95% interval excludes zero" if self.separated
+                        else ": the paired 95% interval includes zero, so this evaluation cannot "
+                             "tell the two apart")
+        elif self.separated is True:
             verdict += ", and the 95% intervals do not overlap"
         elif self.separated is False:
             verdict += ", but the 95% intervals overlap: this evaluation cannot tell the two apart"
@@ -78,14 +95,18 @@ def compare(results: Results, metric: str, a: str = "sft", b: str = "base_chat",
     ea, eb = metric_entry(results, a, metric, set), metric_entry(results, b, metric, set)
     if not ea or not eb or ea.get("value") is None or eb.get("value") is None:
         return None
-    return Comparison(_ALL_METRICS.get(metric, Metric(metric, metric, "score", "", "")), a, b, ea, eb)
+    return Comparison(metric_spec(metric, set), a, b, ea, eb, comparison(results, a, b, metric, set))
 
 
-def findings(results: Results, a: str = "sft", b: str = "base_chat",
-             keys=(("loss", "mean_nll"), ("heldout", "stop_rate"), ("heldout", "role_leak_rate"),
-                   ("heldout", "rougeL"), ("heldout", "bleu"), ("heldout", "embedding_similarity"),
-                   ("heldout", "distinct_2"), ("heldout", "reply_length"), ("ifeval", "prompt_level"),
-                   ("ifeval", "instruction_level"))) -> str:
+FINDING_KEYS = (("loss", "mean_nll"), ("loss", "content_nll"), ("loss", "eot_nll"), ("heldout", "stop_rate"),
+                ("heldout", "role_leak_rate"), ("heldout", "canned_rate"), ("heldout", "rougeL"),
+                ("heldout", "bleu"), ("heldout", "embedding_similarity"), ("heldout", "distinct_2_matched"),
+                ("heldout", "reply_length"), ("ifeval", "prompt_level"), ("ifeval", "instruction_level"))
+# Left out of verdicts: perplexity repeats the loss; distinct-1/2 over all replies mostly measure length.
+NOT_TALLIED = ("perplexity", "distinct_1", "distinct_2")
+
+
+def findings(results: Results, a: str = "sft", b: str = "base_chat", keys=FINDING_KEYS) -> str:
     """A Markdown bullet list comparing a with b on each metric both have (empty if none)."""
     lines = []
     for set_, key in keys:
@@ -98,14 +119,15 @@ def findings(results: Results, a: str = "sft", b: str = "base_chat",
 def tally(results: Results, a: str = "sft", b: str = "base_chat", set: str = "heldout") -> dict:
     """Metrics with a better direction, sorted by how a compares with b.
 
-    better / worse: the 95% intervals do not overlap; unclear: they overlap (or the values
-    are equal); better_no_ci / worse_no_ci: corpus statistics without an interval.
+    better / worse: the paired 95% interval excludes 0 (or, without one, the separate
+    intervals do not overlap); unclear: it includes 0 (or they overlap, or the values are
+    equal); better_no_ci / worse_no_ci: corpus statistics without an interval.
     """
     specs = {"heldout": HELDOUT_METRICS, "ifeval": IFEVAL_METRICS, "loss": LOSS_METRICS}[set]
     out = {"better": [], "worse": [], "unclear": [], "better_no_ci": [], "worse_no_ci": []}
     for m in specs:
         c = compare(results, m.key, a, b, set)
-        if c is None or not m.better:
+        if c is None or not m.better or m.key in NOT_TALLIED:
             continue
         if c.a_better is None or c.separated is False:
             out["unclear"].append(m.label)
@@ -125,16 +147,18 @@ def tally_sentence(results: Results, a: str = "sft", b: str = "base_chat") -> st
     for set_ in ("loss", "heldout", "ifeval"):
         t = tally(results, a, b, set_)
         for k in parts:
-            parts[k] += [m for m in t[k] if m != "held-out perplexity"]  # perplexity repeats the loss
+            parts[k] += t[k]
     if not any(parts.values()):
         return f"No metric with a better direction was measured for both {label(a)} and {label(b)}."
 
     def names(xs):
         return ", ".join(xs) if xs else "none"
 
+    paired = bool(results.metrics.get("comparisons"))
+    how = "a paired 95% interval that excludes zero" if paired else "non-overlapping 95% intervals"
     text = (f"Comparing **{label(a)}** with **{label(b)}** on every metric that has a better direction: "
-            f"{label(a)} is better, with non-overlapping 95% intervals, on {names(parts['better'])}; "
-            f"worse, with non-overlapping intervals, on {names(parts['worse'])}; "
+            f"{label(a)} is better, with {how}, on {names(parts['better'])}; "
+            f"worse, with {how}, on {names(parts['worse'])}; "
             f"and not separable at this sample size on {names(parts['unclear'])}.")
     if parts["better_no_ci"] or parts["worse_no_ci"]:
         text += (f" Among corpus statistics without an interval, it is better on {names(parts['better_no_ci'])} "
@@ -209,9 +233,16 @@ def eval_setup_note(results: Results) -> str:
     n_if = len(samples(results, "ifeval"))
     text = (f"Every system answered the same {fmt_count(n_held)} held-out prompts"
             + (f" and {fmt_count(n_if)} IFEval-style prompts" if n_if else "")
-            + f", with greedy decoding and at most {ev.get('max_new_tokens', '?')} new tokens per reply. "
-            f"Intervals are 95% percentile bootstrap intervals over prompts "
-            f"({fmt_count(ev.get('bootstrap_resamples', 1000))} resamples).")
+            + f", with greedy decoding and at most {ev.get('max_new_tokens', '?')} new tokens per reply. ")
+    if results.metrics.get("comparisons"):
+        text += ("Rates (stop, role leak, canned replies, IFEval pass rates) carry 95% Wilson intervals "
+                 "[@wilson1927probable], other metrics 95% percentile bootstrap intervals over prompts "
+                 f"({fmt_count(ev.get('bootstrap_resamples', 1000))} resamples). Two systems are compared by "
+                 "their paired difference: the prompts are resampled once and both systems' replies to them "
+                 "are scored together, so the interval is for the difference itself.")
+    else:
+        text += (f"Intervals are 95% percentile bootstrap intervals over prompts "
+                 f"({fmt_count(ev.get('bootstrap_resamples', 1000))} resamples).")
     return text
 
 
@@ -242,6 +273,38 @@ def loss_sentence(results: Results) -> str:
     if "eval_first" in s:
         text += f" The eval-split loss went from {s['eval_first']:.2f} to {s['eval_last']:.2f}."
     return text
+
+
+def epoch_sentence(results: Results, k: int = 10) -> str:
+    """What the epochs did: the mean training loss just before and after each epoch boundary, and the
+    last steps' training loss against the held-out loss of the trained model (the generalisation gap)."""
+    log = results.train_log
+    if log.empty or "loss" not in log or "epoch" not in log:
+        return ""
+    log = log.dropna(subset=["loss"])
+    n_epochs = int(math.ceil(float(log["epoch"].max()) - 1e-9))
+    parts = []
+    for e in range(1, n_epochs):
+        before = log[log["epoch"] <= e]["loss"].tail(k)
+        after = log[log["epoch"] > e]["loss"].head(k)
+        if len(before) and len(after):
+            step = int(log[log["epoch"] <= e]["step"].max())
+            parts.append(f"At the end of epoch {e} (step {step}) the model starts to see the same conversations "
+                         f"again: the mean loss of the {len(before)} steps before that point is "
+                         f"{before.mean():.2f}, of the {len(after)} steps after it {after.mean():.2f}")
+    last = log["loss"].tail(k).mean()
+    text = "; ".join(parts) + ("." if parts else "")
+    held = ((results.metrics.get("heldout_loss") or {}).get("sft") or {})
+    if held.get("mean_nll") is not None:
+        gap = held["mean_nll"] - last
+        text += (f" The last {k} steps average {last:.2f} nats per learned token on training conversations, "
+                 f"against {held['mean_nll']:.2f} on held-out ones: a gap of {gap:.2f} nats. ")
+        if n_epochs > 1 and gap > 0:
+            text += ("A model that has seen each training conversation before predicts it better than a new "
+                     "one; part of the second epoch's gain is memorising those conversations rather than "
+                     "learning something that carries over. The held-out loss, not the training loss, is the "
+                     "number to judge the run by.")
+    return text.strip()
 
 
 def precision_note(results: Results, system: str = "sft") -> str:
@@ -286,3 +349,110 @@ def role_leak_sentence(results: Results) -> str:
             parts.append(f"{label(s)} {int((df['system'] == label(s)).sum())} of {n}")
     return ("Replies that write template markup or open a turn of their own, over both prompt sets: "
             + "; ".join(parts) + ".")
+
+
+def loss_split_sentence(results: Results, a: str = "sft", b: str = "base_chat") -> str:
+    """What the held-out loss gain is made of: the replies' own text against the end-of-turn tokens."""
+    from ..scoring import eot_share_of_gain
+
+    loss = results.metrics.get("heldout_loss") or {}
+    la, lb = loss.get(a) or {}, loss.get(b) or {}
+    if "eot_nll" not in la or "eot_nll" not in lb:
+        return ("This run did not record the loss of the end-of-turn tokens separately "
+                "(`sftlab rescore DIR --model` adds it).")
+    n_eot, n_all = la["eot_nll"]["n_tokens"], la["n_tokens"]
+    share = eot_share_of_gain(loss, a, b)
+    content = compare(results, "content_nll", a, b, "loss")
+    text = (f"The {fmt_count(n_eot)} end-of-turn tokens are {100 * n_eot / n_all:.1f}% of the "
+            f"{fmt_count(n_all)} scored tokens, yet they carry {100 * share:.0f}% of the loss reduction "
+            f"(in nats summed over all tokens): {label(b)} finds each of them very unlikely "
+            f"({lb['eot_nll']['value']:.1f} nats, a probability of about {math.exp(-lb['eot_nll']['value']):.0e}), "
+            f"{label(a)} expects them ({la['eot_nll']['value']:.1f} nats). ")
+    if content is not None:
+        text += (f"On the replies' own text the loss goes from {lb['content_nll']['value']:.2f} to "
+                 f"{la['content_nll']['value']:.2f} nats per token (paired difference "
+                 f"{fmt_diff(content.paired, 'nats')}): ")
+        text += ("a real but much smaller gain in predicting what a reply says." if content.separated and
+                 content.a_better else "this evaluation cannot tell the two apart on the reply text itself.")
+    return text
+
+
+def category_sentence(results: Results, system: str = "sft", set: str = "heldout") -> str:
+    """How one system's replies split into categories, in one sentence."""
+    counts = ((results.metrics.get("systems", {}).get(system) or {}).get(set) or {}).get("categories")
+    if not counts:
+        return f"This run has no reply categories for {label(system)}."
+    n = sum(counts.values())
+    named = {"answer": ("attempts an answer", "attempt an answer"), "deflection": ("deflects", "deflect"),
+             "greeting": ("only greets or offers help", "only greet or offer help"), "loop": ("loops", "loop"),
+             "echo": ("copies the prompt", "copy the prompt"), "cut": ("runs into the token limit",
+                                                                       "run into the token limit"),
+             "empty": ("is empty", "are empty")}
+    parts = [f"{counts[c]} {named[c][counts[c] != 1]}" for c in sorted(counts, key=lambda c: -counts[c]) if counts[c]]
+    prompts = "held-out" if set == "heldout" else "IFEval-style"
+    return f"Of {label(system)}'s {n} replies to the {prompts} prompts, " + ", ".join(parts) + "."
+
+
+def ifeval_sentence(results: Results) -> str:
+    """The IFEval-style result as the book reads it: echo-proof scores, what copying did to the raw ones."""
+    bits, moved = [], []
+    for s in results.systems:
+        ifv = (results.metrics["systems"][s].get("ifeval")) or {}
+        if "prompt_level" not in ifv:
+            continue
+        bits.append(f"{label(s)} {fmt_ci(ifv['prompt_level'], 'rate')}")
+        raw = (ifv.get("raw") or {}).get("prompt_level")
+        if raw and abs(raw["value"] - ifv["prompt_level"]["value"]) > 1e-12:
+            moved.append(f"{label(s)} from {fmt_value(raw['value'], 'rate')} "
+                         f"({fmt_count(ifv.get('n_echoed'))} of {fmt_count(ifv.get('n_prompts'))} replies copy "
+                         f"their prompt)")
+    if not bits:
+        return "This run did not evaluate the IFEval-style prompts."
+    text = "Prompt-level accuracy, counting only what each reply wrote itself: " + "; ".join(bits) + "."
+    if moved:
+        text += (" Giving credit to copied prompt text would have raised " + "; ".join(moved)
+                 + ": a base model that repeats \"give it a title like <<My Title>>\" is not following it.")
+    c = compare(results, "prompt_level", "sft", "base_chat", "ifeval")
+    if c is not None and c.paired is not None:
+        text += f" {c.sentence()}"
+    return text
+
+
+def published_note(results: Results) -> str:
+    """Published IFEval scores of related models (src/sftlab/prompts/published.yaml), with the caveat."""
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "prompts" / "published.yaml"
+    entries = yaml.safe_load(path.read_text())
+    ours = {s: metric_entry(results, s, "prompt_level", "ifeval") for s in results.systems}
+    lines = []
+    for e in entries:
+        line = f"- **{e['model']}**: {e['benchmark']} {e['value']:.1f}% ({e['measure']}) [@{e['source']}]"
+        mine = ours.get(e.get("system") or "")
+        if mine:
+            line += f"; on this project's prompts, {label(e['system'])} scores {fmt_ci(mine, 'rate')} prompt-level"
+        lines.append(line + ".")
+    from ..ifeval import CHECKS
+
+    n_prompts = len(samples(results, "ifeval"))
+    limit = (results.config.get("evaluation") or {}).get("max_new_tokens", "?")
+    # IFEval's size is the paper's (Zhou et al. 2023); this project's numbers come from the run.
+    return ("\n".join(lines) + "\n\nThese are not comparable one to one with this chapter's numbers: the real "
+            "IFEval has 541 prompts and 25 instruction types [@zhou2023ifeval] and was run on the original "
+            f"weights, while this project uses its own {n_prompts} prompts with {len(CHECKS)} check types, 4-bit "
+            f"weights, greedy decoding and a {limit}-token limit. They place the systems on a familiar scale, "
+            "no more.")
+
+
+def canned_note(results: Results, system: str = "sft") -> str:
+    """How much of a system's stop rate is canned replies: a reply that deflects or greets also stops."""
+    entry = metric_entry(results, system, "stop_rate")
+    counts = ((results.metrics.get("systems", {}).get(system) or {}).get("heldout") or {}).get("categories")
+    if not entry or not counts:
+        return ""
+    n = sum(counts.values())
+    canned = counts.get("deflection", 0) + counts.get("greeting", 0)
+    stopped = round(entry["value"] * n)
+    return (f"{label(system)} stopped by itself in {stopped} of {n} held-out replies, but {canned} of its "
+            f"replies are canned (deflections or bare greetings), which end early by nature: counting only "
+            f"replies that attempt an answer, {counts.get('answer', 0)} of {n} did so and stopped.")

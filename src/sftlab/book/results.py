@@ -210,6 +210,8 @@ def metric_entry(results: Results, system: str, metric: str, set: str = "heldout
         if metric == "perplexity":
             ci = loss.get("ci")
             return {"value": loss.get("perplexity"), "ci": [math.exp(c) for c in ci] if ci else None}
+        if isinstance(loss.get(metric), dict):  # content_nll, eot_nll: the split, where the run recorded it
+            return loss[metric]
         return {"value": loss.get(metric), "ci": loss.get("ci") if metric == "mean_nll" else None}
     entry = (results.metrics.get("systems", {}).get(system) or {}).get(set) or {}
     value = entry.get(metric)
@@ -220,6 +222,15 @@ def metric_entry(results: Results, system: str, metric: str, set: str = "heldout
     if metric == "stop_rate":  # metrics.json has the IFEval stop rate without an interval
         return {"value": value, "ci": _stop_ci(results, system, set)}
     return {"value": value, "ci": None}
+
+
+def comparison(results: Results, a: str, b: str, metric: str, set: str = "heldout") -> dict | None:
+    """The paired difference a - b on one metric (metrics.json "comparisons"), or None where the
+    run did not compare them: {"difference", "ci", "n", "n_a_higher", "n_b_higher"}."""
+    for c in results.metrics.get("comparisons") or []:
+        if c["a"] == a and c["b"] == b and c["set"] == set and c["metric"] == metric:
+            return c
+    return None
 
 
 def _stop_ci(results: Results, system: str, set: str) -> list[float] | None:

@@ -13,16 +13,16 @@ import re
 import pandas as pd
 
 from .catalog import (
-    _ALL_METRICS,
     HELDOUT_METRICS,
     IFEVAL_METRICS,
     LOSS_METRICS,
     SYSTEM_DESCRIPTIONS,
     SYSTEMS,
     label,
+    metric_spec,
 )
-from .formatting import fmt_field, fmt_ci, fmt_count, fmt_duration, fmt_params, fmt_value
-from .results import Results, metric_entry, samples
+from .formatting import fmt_ci, fmt_count, fmt_diff, fmt_duration, fmt_field, fmt_params, fmt_value
+from .results import Results, comparison, metric_entry, samples
 
 
 
@@ -58,15 +58,21 @@ def metrics_table(results: Results, set: str = "heldout", systems=None) -> pd.Da
 
 
 def loss_table(results: Results) -> pd.DataFrame:
-    """Held-out assistant-token loss before (base + template) and after (LoRA SFT) training."""
+    """Held-out loss before (base + template) and after (LoRA SFT) training: over all learned tokens,
+    and split into the replies' own text and the end-of-turn token closing each reply."""
     rows = {}
     for system, loss in (results.metrics.get("heldout_loss") or {}).items():
-        rows[label(system)] = {
-            "loss, nats/token [95% CI]": fmt_ci({"value": loss.get("mean_nll"), "ci": loss.get("ci")}, "nats"),
-            "perplexity [95% CI]": fmt_ci(metric_entry(results, system, "perplexity", "loss"), "ppl"),
-            "conversations": fmt_count(loss.get("n_conversations")),
-            "scored tokens": fmt_count(loss.get("n_tokens")),
+        row = {
+            "all learned tokens, nats/token": fmt_ci({"value": loss.get("mean_nll"), "ci": loss.get("ci")}, "nats"),
+            "perplexity": fmt_ci(metric_entry(results, system, "perplexity", "loss"), "ppl"),
         }
+        if "eot_nll" in loss:
+            row["reply text only"] = fmt_ci(loss["content_nll"], "nats")
+            row["end-of-turn only"] = fmt_ci(loss["eot_nll"], "nats")
+        row["conversations"] = fmt_count(loss.get("n_conversations"))
+        row["scored tokens"] = fmt_count(loss.get("n_tokens")) + (
+            f" ({fmt_count(loss['eot_nll']['n_tokens'])} end-of-turn)" if "eot_nll" in loss else "")
+        rows[label(system)] = row
     order = [label(s) for s in SYSTEMS]
     df = pd.DataFrame.from_dict(rows, orient="index")
     df = df.loc[sorted(df.index, key=lambda x: order.index(x) if x in order else 99)] if len(df) else df
@@ -83,11 +89,19 @@ def ifeval_table(results: Results) -> pd.DataFrame:
     first = results.metrics["systems"][systems[0]]["ifeval"]
     rows["all prompts (prompt-level)"] = {"n": fmt_count(first.get("n_prompts"))}
     rows["all instructions (instruction-level)"] = {"n": fmt_count(first.get("n_instructions"))}
+    raw = "raw" in first  # echo-proof scores, with the raw ones beside them
+    if raw:
+        rows["prompt-level, copied text counted (raw)"] = {"n": fmt_count(first.get("n_prompts"))}
+        rows["replies that copy their prompt"] = {"n": fmt_count(first.get("n_prompts"))}
     for s in systems:
+        ifv = results.metrics["systems"][s]["ifeval"]
         rows["all prompts (prompt-level)"][label(s)] = fmt_ci(metric_entry(results, s, "prompt_level", "ifeval"),
                                                               "rate")
         rows["all instructions (instruction-level)"][label(s)] = fmt_ci(
             metric_entry(results, s, "instruction_level", "ifeval"), "rate")
+        if raw:
+            rows["prompt-level, copied text counted (raw)"][label(s)] = fmt_ci(ifv["raw"]["prompt_level"], "rate")
+            rows["replies that copy their prompt"][label(s)] = fmt_count(ifv.get("n_echoed"))
     types = sorted({t for s in systems for t in results.metrics["systems"][s]["ifeval"].get("per_type", {})})
     for t in types:
         row = {}
@@ -101,20 +115,68 @@ def ifeval_table(results: Results) -> pd.DataFrame:
     return df
 
 
-def headline_table(results: Results) -> pd.DataFrame:
-    """The few numbers of the preface: before/after on loss, stopping, overlap and IFEval."""
-    picks = [("loss", "mean_nll"), ("heldout", "stop_rate"), ("heldout", "role_leak_rate"),
-             ("heldout", "rougeL"), ("heldout", "embedding_similarity"), ("ifeval", "prompt_level")]
+HEADLINE = (("loss", "mean_nll"), ("loss", "content_nll"), ("heldout", "stop_rate"), ("heldout", "canned_rate"),
+            ("heldout", "role_leak_rate"), ("heldout", "embedding_similarity"), ("ifeval", "prompt_level"),
+            ("ifeval", "instruction_level"))
+
+
+def headline_table(results: Results, a: str = "sft", b: str = "base_chat") -> pd.DataFrame:
+    """The few numbers of the preface: each system's value [95% interval] on loss, stopping, canned
+    replies, role leaks, closeness to the reference and IFEval, and the paired difference a - b."""
     systems = results.systems or list((results.metrics.get("heldout_loss") or {}))
     systems = [s for s in SYSTEMS if s in set(systems) | set(results.metrics.get("heldout_loss") or {})]
+    diff_col = f"{label(a)} − {label(b)}, paired"
     rows = {}
-    for set_, key in picks:
-        m = _ALL_METRICS[key]
+    for set_, key in HEADLINE:
+        m = metric_spec(key, set_)
         cells = {label(s): fmt_ci(metric_entry(results, s, key, set_), m.kind) for s in systems}
+        paired = comparison(results, a, b, key, set_)
+        if paired is not None:
+            cells[diff_col] = fmt_diff(paired, m.kind)
         if any(c != "–" for c in cells.values()):
             rows[m.label + (f" ({m.better} is better)" if m.better else "")] = cells
-    df = pd.DataFrame.from_dict(rows, orient="index", columns=[label(s) for s in systems])
+    columns = [label(s) for s in systems] + ([diff_col] if any(diff_col in r for r in rows.values()) else [])
+    df = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
     df.index.name = "metric"
+    return df
+
+
+def comparison_table(results: Results, a: str = "sft", b: str = "base_chat") -> pd.DataFrame:
+    """Every paired comparison of a against b: the difference a - b [95% interval] on the same
+    prompts, on how many prompts each is higher, and the reading (better, worse, or not separable)."""
+    from ..stats import verdict
+
+    rows = []
+    order = {"loss": 0, "heldout": 1, "ifeval": 2}
+    pairs = [c for c in results.metrics.get("comparisons") or [] if c["a"] == a and c["b"] == b]
+    for c in sorted(pairs, key=lambda c: order.get(c["set"], 9)):
+        m = metric_spec(c["metric"], c["set"])
+        rows.append({
+            "prompt set": {"loss": "held-out loss", "heldout": "held-out", "ifeval": "IFEval"}.get(c["set"], c["set"]),
+            "metric": m.label,
+            f"{label(a)} − {label(b)} [95% CI]": fmt_diff(c, m.kind),
+            "prompts: higher / lower": (f"{c['n_a_higher']} / {c['n_b_higher']} of {c['n']}" if "n_a_higher" in c
+                                        else f"pooled over {c['n']}"),
+            "reading": {"better": f"{label(a)} better", "worse": f"{label(a)} worse", "unclear": "not separable",
+                        "": "no better direction"}[verdict(c, m.better)],
+        })
+    return pd.DataFrame(rows, columns=["prompt set", "metric", f"{label(a)} − {label(b)} [95% CI]",
+                                       "prompts: higher / lower", "reading"])
+
+
+def categories_table(results: Results, set: str = "heldout") -> pd.DataFrame:
+    """Reply categories (sftlab.categories) per system: count and share of the prompt set."""
+    from ..categories import CATEGORIES, CATEGORY_MEANINGS
+
+    columns = {}
+    for s in results.systems:
+        counts = ((results.metrics["systems"][s].get(set) or {}).get("categories")) or {}
+        n = sum(counts.values())
+        if n:
+            columns[label(s)] = {c: f"{counts.get(c, 0)} ({100 * counts.get(c, 0) / n:.0f}%)" for c in CATEGORIES}
+    df = pd.DataFrame(columns, index=list(CATEGORIES))
+    df.insert(0, "what it means", [CATEGORY_MEANINGS[c] for c in CATEGORIES])
+    df.index.name = "category"
     return df
 
 
