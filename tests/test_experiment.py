@@ -10,7 +10,7 @@ import yaml
 from sftlab.experiment import run_experiment
 
 FILES = ["config.yaml", "run.json", "data_report.json", "train_log.jsonl", "metrics.json",
-         "samples.jsonl", "lora_norms.jsonl", "adapter/adapter_config.json"]
+         "samples.jsonl", "lora_norms.jsonl", "heldout_losses.json", "adapter/adapter_config.json"]
 
 
 def test_tiny_run_writes_complete_results(tiny_recipe, tmp_path):
@@ -25,10 +25,10 @@ def test_tiny_run_writes_complete_results(tiny_recipe, tmp_path):
     assert not list(out.glob("stage_*")) and not (out / "checkpoints").exists()
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["systems"]) == {"base_continuation", "base_chat", "sft", "reference"}
+    assert set(metrics["systems"]) == {"base_continuation", "base_chat", "sft", "sft_continuation", "reference"}
     for entry in metrics["systems"].values():
         assert 0.0 <= entry["heldout"]["stop_rate"]["value"] <= 1.0
-        assert "prompt_level" in entry["ifeval"]
+        assert "prompt_level" in entry["ifeval"] and "prompt_level" in entry["multiturn"]
     assert set(metrics["heldout_loss"]) == {"base_chat", "sft"}
 
     run = json.loads((out / "run.json").read_text())
@@ -42,6 +42,10 @@ def test_tiny_run_writes_complete_results(tiny_recipe, tmp_path):
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     heldout = [s for s in samples if s["set"] == "heldout"]
     assert len(heldout) == 4 and all(set(s["replies"]) == set(metrics["systems"]) for s in heldout)
+    probes = [s for s in samples if s["set"] == "multiturn"]
+    assert probes and all("checks_passed" in r for s in probes for r in s["replies"].values())
+    pairs = {(c["a"], c["b"]) for c in metrics["comparisons"]}
+    assert ("sft", "sft_continuation") in pairs  # the template's effect on the trained model
 
     # The adapter is a standard PEFT adapter.
     base = AutoModelForCausalLM.from_pretrained(yaml.safe_load((out / "config.yaml").read_text())["model"]["base"])

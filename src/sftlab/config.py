@@ -40,9 +40,10 @@ MODEL_KEYS = {
 }
 
 EVAL_KEYS = {
-    "systems": "which systems to evaluate: base_continuation, base_chat, sft, reference",
+    "systems": "which systems to evaluate: base_continuation, base_chat, sft, sft_continuation, reference",
     "heldout_size": "held-out conversations to generate replies for (<= data.eval_size)",
     "ifeval": "run the instruction-following prompt set (true/false)",
+    "multiturn": "run the multi-turn probes: does the last reply use a fact from an earlier turn (true/false)",
     "max_new_tokens": "token limit for every reply (greedy decoding)",
     "batch_size": "prompts generated together (left padding)",
     "embedding_similarity": "score replies against references with all-MiniLM-L6-v2",
@@ -52,9 +53,10 @@ EVAL_KEYS = {
 
 # What a run (and `sftlab rescore`) uses for an evaluation key the recipe leaves out.
 EVAL_DEFAULTS = {
-    "systems": ["base_continuation", "base_chat", "sft", "reference"],
+    "systems": ["base_continuation", "base_chat", "sft", "sft_continuation", "reference"],
     "heldout_size": 40,
     "ifeval": True,
+    "multiturn": True,
     "max_new_tokens": 128,
     "batch_size": 8,
     "embedding_similarity": True,

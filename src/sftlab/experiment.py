@@ -41,6 +41,7 @@ from .evaluate import (
     continuation_prompt_ids,
     generate_replies,
 )
+from .multiturn import load_probes
 from .runinfo import git_commit, hardware, versions
 from .rescore import LOSSES_FILE, annotate_samples, prompt_text, rescore
 from .scoring import score_losses, score_replies, write_json_atomic
@@ -117,6 +118,7 @@ class RunContext:
     heldout_refs: list[str] = field(default_factory=list)  # each one's last reply
     if_records: list[dict] = field(default_factory=list)  # IFEval prompts and checks (none when off)
     if_prompts: list[list[dict]] = field(default_factory=list)
+    mt_records: list[dict] = field(default_factory=list)  # multi-turn probes and checks (none when off)
 
     @property
     def eval_cfg(self) -> dict:
@@ -221,6 +223,7 @@ def prepare(ctx: RunContext):
     ctx.heldout_refs = [c["messages"][-1]["content"] for c in heldout]
     ctx.if_records = ifeval_mod.load_prompts() if ctx.eval_cfg["ifeval"] else []
     ctx.if_prompts = [[{"role": "user", "content": r["prompt"]}] for r in ctx.if_records]
+    ctx.mt_records = load_probes() if ctx.eval_cfg["multiturn"] else []
     return model
 
 
@@ -266,7 +269,7 @@ def train(ctx: RunContext, model, state):
 
 
 def generate_system(ctx: RunContext, label: str, mdl, tok, prompt_fn, stop_ids) -> dict:
-    """Replies of one system to both prompt sets (read back if a resumed run has them).
+    """Replies of one system to every prompt set (read back if a resumed run has them).
 
     Writes stage_replies_<label>.json and stage_timings.json; times generate_<label>_s."""
     done = ctx.stages.get(f"replies_{label}")
@@ -281,6 +284,9 @@ def generate_system(ctx: RunContext, label: str, mdl, tok, prompt_fn, stop_ids) 
                                     stop_ids=stop_ids, desc=f"{label}: held-out", **gen_kw),
         "ifeval": generate_replies(mdl, tok, [prompt_fn(tok, p) for p in ctx.if_prompts],
                                    stop_ids=stop_ids, desc=f"{label}: ifeval", **gen_kw) if ctx.if_prompts else [],
+        "multiturn": generate_replies(mdl, tok, [prompt_fn(tok, r["messages"]) for r in ctx.mt_records],
+                                      stop_ids=stop_ids, desc=f"{label}: multi-turn", **gen_kw)
+        if ctx.mt_records else [],
     }
     ctx.timings[f"generate_{label}_s"] = time.time() - t
     ctx.stages.put(f"replies_{label}", out)
@@ -332,15 +338,21 @@ def heldout_losses(ctx: RunContext, peft_model) -> dict:
 
 
 def generate_sft(ctx: RunContext, peft_model) -> dict:
-    """The SFT model's replies (when in evaluation.systems), from the adapter merged into the base
-    weights: `peft_model` is spent afterwards. Writes stage_replies_sft.json."""
-    if "sft" not in ctx.eval_cfg["systems"]:
+    """The SFT model's replies, from the adapter merged into the base weights (`peft_model` is spent
+    afterwards): with the chat template ("sft") and reading the prompt as plain text, as the base
+    model does in "base_continuation" ("sft_continuation": what the template does for the trained
+    model), each when in evaluation.systems. Writes stage_replies_sft.json, stage_replies_sft_continuation.json."""
+    wanted = [s for s in ("sft", "sft_continuation") if s in ctx.eval_cfg["systems"]]
+    if not wanted:
         return {}
     # Merged weights generate at base-model speed; unmerged LoRA and the trainable-token
     # wrapper on the 262k-row output layer add work at every decoding step.
     merged = peft_model.merge_and_unload()
     merged.eval()
-    return {"sft": generate_system(ctx, "sft", merged, ctx.tokenizer, chat_prompt_ids, ctx.fmt.eos_token_ids)}
+    prompt_fns = {"sft": chat_prompt_ids, "sft_continuation": continuation_prompt_ids}
+    if "sft_continuation" in wanted:
+        _log("evaluating the LoRA SFT model as plain continuation")
+    return {s: generate_system(ctx, s, merged, ctx.tokenizer, prompt_fns[s], ctx.fmt.eos_token_ids) for s in wanted}
 
 
 def generate_reference(ctx: RunContext) -> dict:
@@ -369,7 +381,7 @@ def score(ctx: RunContext, replies: dict, losses: dict) -> None:
     t = time.time()
     eval_cfg, seed = ctx.eval_cfg, int(ctx.config.get("seed", 0))
     n_boot = int(eval_cfg["bootstrap_resamples"])
-    reply_scores = score_replies(replies, ctx.heldout_refs, ctx.if_records,
+    reply_scores = score_replies(replies, ctx.heldout_refs, ctx.if_records, mt_records=ctx.mt_records,
                                  heldout_prompts=[prompt_text(p) for p in ctx.heldout_prompts],
                                  embeddings=bool(eval_cfg["embedding_similarity"]), n_resamples=n_boot, seed=seed)
     loss_scores = score_losses(losses, n_resamples=n_boot, seed=seed)
@@ -394,6 +406,9 @@ def write_samples(ctx: RunContext, replies: dict) -> None:
             r = dict(replies[s]["ifeval"][i])
             row["replies"][s] = r
         samples.append(row)
+    for i, probe in enumerate(ctx.mt_records):
+        samples.append({"set": "multiturn", "id": probe["id"], "prompt": probe["messages"], "reference": None,
+                        "checks": probe["checks"], "replies": {s: dict(replies[s]["multiturn"][i]) for s in replies}})
     _write_jsonl(ctx.work / "samples.jsonl", annotate_samples(samples))  # + categories and IFEval checks
 
 

@@ -28,7 +28,8 @@ RESULT_FILES = ("config.yaml", "samples.jsonl", "metrics.json", "run.json")
 LOSSES_FILE = "heldout_losses.json"  # per-conversation loss rows, {system: [[nats, tokens, eot_nats, eot_tokens]]}
 
 # Keys `rescore` reads from each samples.jsonl row, by prompt set, and from each reply.
-_SAMPLE_KEYS = {"heldout": ("id", "replies", "reference"), "ifeval": ("id", "replies", "prompt", "checks")}
+_SAMPLE_KEYS = {"heldout": ("id", "replies", "reference"), "ifeval": ("id", "replies", "prompt", "checks"),
+                "multiturn": ("id", "replies", "prompt", "checks")}
 _REPLY_KEYS = ("text", "stopped")
 
 
@@ -38,17 +39,21 @@ def prompt_text(messages: list[dict]) -> str:
 
 
 def annotate_samples(samples: list[dict]) -> list[dict]:
-    """Each reply with its category and, for IFEval prompts, its echo-proof `checks_passed`
-    (and `checks_passed_raw`, the checks on the reply as written)."""
+    """Each reply with its category and, for IFEval prompts and multi-turn probes, its echo-proof
+    `checks_passed` (and `checks_passed_raw`, the checks on the reply as written)."""
     from . import ifeval as ifeval_mod
     from .categories import category
+    from .multiturn import earlier_text
 
     for row in samples:
-        prompt = prompt_text(row.get("prompt") or [])
+        if row["set"] == "multiturn":
+            prompt = earlier_text(row["prompt"])  # recalling earlier turns is the task; copying them is not
+        else:
+            prompt = prompt_text(row.get("prompt") or [])
         record = {"id": row["id"], "prompt": prompt, "checks": row.get("checks")}
         for reply in row["replies"].values():
             reply["category"] = category(reply["text"], stopped=bool(reply["stopped"]), prompt=prompt)
-            if row["set"] == "ifeval":
+            if row["set"] in ("ifeval", "multiturn"):
                 reply["checks_passed"] = ifeval_mod.score_reply(record, reply["text"])["instruction_results"]
                 reply["checks_passed_raw"] = ifeval_mod.score_reply(record, reply["text"], echo_proof=False)[
                     "instruction_results"]
@@ -72,17 +77,19 @@ def rescore(results_dir: str | Path, *, with_model: bool = False, progress: bool
     n_boot, seed = int(eval_cfg["bootstrap_resamples"]), int(config.get("seed", 0))
     old = json.loads((folder / "metrics.json").read_text())
     samples = read_samples(folder, set(old["systems"]))
-    replies: dict = {s: {"heldout": [], "ifeval": []} for s in old["systems"]}
-    heldout_refs, heldout_prompts, if_records = [], [], []
+    replies: dict = {s: {"heldout": [], "ifeval": [], "multiturn": []} for s in old["systems"]}
+    heldout_refs, heldout_prompts, if_records, mt_records = [], [], [], []
     for row in samples:
         if row["set"] == "heldout":
             heldout_refs.append(row["reference"])
             heldout_prompts.append(prompt_text(row["prompt"]) if "prompt" in row else "")
+        elif row["set"] == "multiturn":
+            mt_records.append({"id": row["id"], "messages": row["prompt"], "checks": row["checks"]})
         else:
             if_records.append({"id": row["id"], "prompt": row["prompt"][-1]["content"], "checks": row["checks"]})
         for s, r in row["replies"].items():
             replies[s][row["set"]].append({"text": r["text"], "stopped": r["stopped"]})
-    scores = score_replies(replies, heldout_refs, if_records, heldout_prompts=heldout_prompts,
+    scores = score_replies(replies, heldout_refs, if_records, mt_records=mt_records, heldout_prompts=heldout_prompts,
                            embeddings=bool(eval_cfg["embedding_similarity"]), n_resamples=n_boot, seed=seed)
     if with_model:
         losses = recompute_losses(folder, config, expected=old.get("heldout_loss") or {}, progress=progress)

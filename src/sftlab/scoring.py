@@ -176,6 +176,7 @@ def score_replies(
     heldout_refs: list[str],
     if_records: list[dict],
     *,
+    mt_records: list[dict] | None = None,
     heldout_prompts: list[str] | None = None,
     embeddings: bool,
     n_resamples: int,
@@ -183,10 +184,10 @@ def score_replies(
 ) -> dict:
     """Every system's reply metrics and the paired comparisons between systems.
 
-    `replies[system]` holds "heldout" and "ifeval" lists of {"text", "stopped"}, aligned
-    with `heldout_refs` (and `heldout_prompts`, the user text each reply answers) and
-    `if_records`. Returns {"systems": {system: {"heldout": {...}, "ifeval": {...}}},
-    "comparisons": [{"a", "b", "set", "metric", "difference", "ci", "n", ...}, ...]}.
+    `replies[system]` holds "heldout", "ifeval" (and "multiturn") lists of {"text", "stopped"},
+    aligned with `heldout_refs` (and `heldout_prompts`, the user text each reply answers),
+    `if_records` and `mt_records` (multi-turn probes, `sftlab.multiturn`). Returns
+    {"systems": {system: {"heldout": {...}, "ifeval": {...}, "multiturn": {...}}}, "comparisons": [{"a", "b", "set", "metric", "difference", "ci", "n", ...}, ...]}.
     Used by a run and by `rescore`.
     """
     from . import ifeval as ifeval_mod
@@ -213,6 +214,8 @@ def score_replies(
             values[label]["ifeval"] = {"prompt_level": if_values["prompt_level"],
                                        "instruction_level": if_values["instruction_level"],
                                        "stop_rate": stops, "canned_rate": [float(canned(c)) for c in cats]}
+        if mt_records:
+            entry["multiturn"], values[label]["multiturn"] = _multiturn_scores(mt_records, rep["multiturn"])
         systems[label] = entry
     comparisons = []
     for a, b in COMPARISONS:
@@ -225,6 +228,22 @@ def score_replies(
                     continue
                 comparisons.append(paired_entry(a, b, set_, metric, va, vb, n_resamples=n_resamples, seed=seed))
     return {"systems": systems, "comparisons": [c for c in comparisons if c is not None]}
+
+
+def _multiturn_scores(mt_records: list[dict], replies: list[dict]) -> tuple[dict, dict]:
+    """One system's multi-turn probe scores and their per-probe values (for the comparisons)."""
+    from .multiturn import earlier_text, score_probe
+
+    if len(replies) != len(mt_records):
+        raise ValueError(f"{len(mt_records)} multi-turn probes but {len(replies)} replies")
+    scored = [score_probe(p, r["text"]) for p, r in zip(mt_records, replies)]
+    flags = [float(s["prompt_level"]) for s in scored]
+    stops = [float(bool(r["stopped"])) for r in replies]
+    cats = [category(r["text"], stopped=bool(r["stopped"]), prompt=earlier_text(p["messages"]))
+            for p, r in zip(mt_records, replies)]
+    entry = {"prompt_level": rate(flags), "n_prompts": len(flags), "n_echoed": int(sum(s["echoed"] for s in scored)),
+             "stop_rate": rate(stops), "categories": category_counts(cats)}
+    return entry, {"prompt_level": flags, "stop_rate": stops}
 
 
 def paired_entry(a: str, b: str, set_: str, metric: str, va: list, vb: list, *, n_resamples: int,

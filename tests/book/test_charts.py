@@ -46,7 +46,8 @@ def test_chart_builds_valid_vega_lite(results, name):
 
 def test_system_colours_and_order_are_the_books(results):
     scale = charts.system_scale()
-    assert scale.domain == ["base (plain text)", "base + template", "LoRA SFT", "SmolLM2-135M-Instruct"]
+    assert scale.domain == ["base (plain text)", "base + template", "LoRA SFT", "LoRA SFT (plain text)",
+                            "SmolLM2-135M-Instruct"]
     assert scale.range == [catalog.SYSTEM_COLORS[s] for s in catalog.SYSTEMS]
     frame = charts.metric_frame(results)
     assert set(frame["system"]) == {catalog.label(s) for s in results.systems}

@@ -28,7 +28,7 @@ def test_comparison_table_reads_each_paired_interval(tiny_run):
     assert len(df) == len([c for c in tiny_run.metrics["comparisons"] if c["a"] == "sft" and c["b"] == "base_chat"])
     assert list(df["prompt set"])[0] == "held-out loss"  # loss first, then held-out, then IFEval
     for c, reading in zip(sorted((c for c in tiny_run.metrics["comparisons"] if c["a"] == "sft" and c["b"] == "base_chat"),
-                                 key=lambda c: {"loss": 0, "heldout": 1, "ifeval": 2}[c["set"]]), df["reading"]):
+                                 key=lambda c: {"loss": 0, "heldout": 1, "ifeval": 2, "multiturn": 3}[c["set"]]), df["reading"]):
         crosses = c["ci"][0] <= 0 <= c["ci"][1]
         assert (reading == "not separable") == crosses or reading == "no better direction"
 

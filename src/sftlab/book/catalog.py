@@ -15,13 +15,14 @@ import pandas as pd
 
 
 
-SYSTEMS = ("base_continuation", "base_chat", "sft", "reference")  # the book's order, everywhere
+SYSTEMS = ("base_continuation", "base_chat", "sft", "sft_continuation", "reference")  # the book's order, everywhere
 
 
 SYSTEM_LABELS = {
     "base_continuation": "base (plain text)",
     "base_chat": "base + template",
     "sft": "LoRA SFT",
+    "sft_continuation": "LoRA SFT (plain text)",
     "reference": "SmolLM2-135M-Instruct",
 }
 
@@ -30,6 +31,8 @@ SYSTEM_DESCRIPTIONS = {
     "base_continuation": "the base model ({base}) reading the prompt as plain text, no chat template",
     "base_chat": "the base model with the chat template, before training (what SFT starts from)",
     "sft": "the base model with the chat template and the trained LoRA adapter",
+    "sft_continuation": "the trained model reading the prompt as plain text, no chat template: what the "
+                        "template does for it",
     "reference": "a published post-trained model ({reference}), with its own chat template",
 }
 
@@ -38,6 +41,7 @@ SYSTEM_COLORS = {
     "base_continuation": "#8c8c8c",  # grey: the model as pretrained
     "base_chat": "#e69f00",  # orange: same weights, chat template
     "sft": "#0072b2",  # blue: after LoRA SFT
+    "sft_continuation": "#56b4e9",  # light blue: after LoRA SFT, without the template
     "reference": "#009e73",  # green: a published post-trained model
 }
 
@@ -107,6 +111,20 @@ LOSS_METRICS = [
 ]
 
 
+MULTITURN_METRICS = [
+    Metric("prompt_level", "multi-turn recall", "rate", "higher",
+           "share of multi-turn probes whose last reply uses the fact stated in an earlier turn (its own words: "
+           "copied text earns nothing)"),
+    Metric("stop_rate", "stop rate (multi-turn probes)", "rate", "higher",
+           "share of multi-turn replies that ended before the token limit"),
+]
+
+
+METRIC_SETS = {"heldout": HELDOUT_METRICS, "ifeval": IFEVAL_METRICS, "multiturn": MULTITURN_METRICS,
+               "loss": LOSS_METRICS}
+SET_LABELS = {"loss": "held-out loss", "heldout": "held-out", "ifeval": "IFEval", "multiturn": "multi-turn"}
+
+
 METRICS = {m.key: m for m in HELDOUT_METRICS}
 
 
@@ -114,8 +132,8 @@ _ALL_METRICS = {**{m.key: m for m in IFEVAL_METRICS}, **{m.key: m for m in LOSS_
 
 
 def metric_spec(key: str, set: str = "heldout") -> Metric:
-    """How the book names and reads metric `key` of prompt set `set` ("heldout", "ifeval", "loss")."""
-    specs = {"heldout": HELDOUT_METRICS, "ifeval": IFEVAL_METRICS, "loss": LOSS_METRICS}[set]
+    """How the book names and reads metric `key` of prompt set `set` ("heldout", "ifeval", "multiturn", "loss")."""
+    specs = METRIC_SETS[set]
     for m in specs:
         if m.key == key:
             return m
@@ -129,7 +147,7 @@ def label(system: str) -> str:
 
 def metric_glossary(set: str = "heldout") -> pd.DataFrame:
     """One line per metric: what it measures and which direction is better."""
-    specs = {"heldout": HELDOUT_METRICS, "ifeval": IFEVAL_METRICS, "loss": LOSS_METRICS}[set]
+    specs = METRIC_SETS[set]
     return pd.DataFrame(
         [{"metric": m.label, "better": m.better or "neither", "what it measures": _strip_cites(m.meaning)}
          for m in specs]
@@ -138,7 +156,7 @@ def metric_glossary(set: str = "heldout") -> pd.DataFrame:
 
 def glossary_markdown(set: str = "heldout") -> str:
     """The metrics of a set as a Markdown list, with citations (Quarto resolves them)."""
-    specs = {"heldout": HELDOUT_METRICS, "ifeval": IFEVAL_METRICS, "loss": LOSS_METRICS}[set]
+    specs = METRIC_SETS[set]
     return "\n".join(f"- **{m.label}** ({m.better + ' is better' if m.better else 'neither direction is better'}): "
                      f"{m.meaning}." for m in specs)
 

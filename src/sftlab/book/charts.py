@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .attention import SEGMENT_COLOURS, SEGMENTS
-from .catalog import HELDOUT_METRICS, IFEVAL_METRICS, SYSTEM_COLORS, SYSTEM_LABELS, SYSTEMS, label
+from .catalog import METRIC_SETS, SET_LABELS, SYSTEM_COLORS, SYSTEM_LABELS, SYSTEMS, label
 from .lora import MODULE_ORDER
 from .results import Results, metric_entry
 
@@ -186,7 +186,7 @@ def chart_learning_rate(results: Results) -> alt.Chart:
 
 def metric_frame(results: Results, set: str = "heldout", metrics=None) -> pd.DataFrame:
     """One row per (metric, system): value and 95% interval (NaN where there is none)."""
-    specs = {"heldout": HELDOUT_METRICS, "ifeval": IFEVAL_METRICS}[set]
+    specs = METRIC_SETS[set]
     if metrics is not None:
         specs = [m for m in specs if m.key in metrics]
     rows = []
@@ -447,9 +447,9 @@ def paired_frame(results: Results, kind: str = "rate") -> pd.DataFrame:
         if m.kind != kind or not m.better:
             continue
         scale = 100.0 if kind == "rate" else 1.0
-        prompts = "IFEval" if c["set"] == "ifeval" else "held-out"
+        prompts = SET_LABELS.get(c["set"], c["set"])
         rows.append({"pair": f"{label(c['a'])} − {label(c['b'])}", "metric": f"{m.label} ({prompts})"
-                     if "IFEval" not in m.label else m.label,
+                     if "IFEval" not in m.label and "multi-turn" not in m.label else m.label,
                      "difference": c["difference"] * scale, "lo": c["ci"][0] * scale, "hi": c["ci"][1] * scale,
                      "reading": {"better": "first system better", "worse": "first system worse",
                                  "unclear": "not separable"}[verdict(c, m.better)],

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .catalog import HELDOUT_METRICS, IFEVAL_METRICS, LOSS_METRICS, Metric, label, metric_spec
+from .catalog import METRIC_SETS, Metric, label, metric_spec
 from .formatting import fmt_ci, fmt_count, fmt_diff, fmt_duration, fmt_value
 from .results import Results, comparison, metric_entry, samples
 from .tables import role_leak_table
@@ -123,7 +123,7 @@ def tally(results: Results, a: str = "sft", b: str = "base_chat", set: str = "he
     intervals do not overlap); unclear: it includes 0 (or they overlap, or the values are
     equal); better_no_ci / worse_no_ci: corpus statistics without an interval.
     """
-    specs = {"heldout": HELDOUT_METRICS, "ifeval": IFEVAL_METRICS, "loss": LOSS_METRICS}[set]
+    specs = METRIC_SETS[set]
     out = {"better": [], "worse": [], "unclear": [], "better_no_ci": [], "worse_no_ci": []}
     for m in specs:
         c = compare(results, m.key, a, b, set)

@@ -13,9 +13,8 @@ import re
 import pandas as pd
 
 from .catalog import (
-    HELDOUT_METRICS,
-    IFEVAL_METRICS,
-    LOSS_METRICS,
+    METRIC_SETS,
+    SET_LABELS,
     SYSTEM_DESCRIPTIONS,
     SYSTEMS,
     label,
@@ -43,7 +42,7 @@ def metrics_table(results: Results, set: str = "heldout", systems=None) -> pd.Da
     set: "heldout" (replies to held-out ShareGPT prompts), "ifeval" or "loss".
     Systems the run did not evaluate are left out; metrics none of them has are dropped.
     """
-    specs = {"heldout": HELDOUT_METRICS, "ifeval": IFEVAL_METRICS, "loss": LOSS_METRICS}[set]
+    specs = METRIC_SETS[set]
     if systems is None:
         systems = (list((results.metrics.get("heldout_loss") or {})) if set == "loss" else results.systems)
         systems = [s for s in SYSTEMS if s in systems] + [s for s in systems if s not in SYSTEMS]
@@ -147,12 +146,12 @@ def comparison_table(results: Results, a: str = "sft", b: str = "base_chat") -> 
     from ..stats import verdict
 
     rows = []
-    order = {"loss": 0, "heldout": 1, "ifeval": 2}
+    order = {"loss": 0, "heldout": 1, "ifeval": 2, "multiturn": 3}
     pairs = [c for c in results.metrics.get("comparisons") or [] if c["a"] == a and c["b"] == b]
     for c in sorted(pairs, key=lambda c: order.get(c["set"], 9)):
         m = metric_spec(c["metric"], c["set"])
         rows.append({
-            "prompt set": {"loss": "held-out loss", "heldout": "held-out", "ifeval": "IFEval"}.get(c["set"], c["set"]),
+            "prompt set": SET_LABELS.get(c["set"], c["set"]),
             "metric": m.label,
             f"{label(a)} − {label(b)} [95% CI]": fmt_diff(c, m.kind),
             "prompts: higher / lower": (f"{c['n_a_higher']} / {c['n_b_higher']} of {c['n']}" if "n_a_higher" in c
