@@ -31,6 +31,7 @@ CASES = {
     "quotation": ({}, '"Keep going, one step at a time."', 'Keep going. "One step at a time."'),
     "contains_title": ({}, "<<Rain Song>>\nDrops on the roof", "Rain Song\nDrops on the roof"),
     "n_paragraphs": ({"n": 2}, "Spring is mild.\n\nI love it.", "Spring is mild.\nI love it."),
+    "postscript": ({"marker": "P.S."}, "See you soon.\n\nP.S. Bring a hat.", "See you soon. P.S. Bring a hat."),
 }
 
 
@@ -83,7 +84,9 @@ def test_packaged_prompts_load_and_cover_every_check():
     assert len(set(ids)) == len(ids)
     used = {c["type"] for p in prompts for c in p["checks"]}
     assert used <= set(CHECKS)
-    assert used == set(CHECKS)  # every check type is exercised by some prompt
+    # every check type is exercised by some prompt, but postscript (added for the training
+    # instruction examples, sftlab.data.instructions), which no evaluation prompt uses yet
+    assert used == set(CHECKS) - {"postscript"}
     assert all(1 <= len(p["checks"]) <= 2 for p in prompts)
 
 
@@ -250,3 +253,46 @@ def test_raw_and_echo_proof_accuracies_are_both_reported():
     out = ifeval_accuracy([IFEVAL_015], [BASE_CHAT_015], n_resamples=50)
     assert out["prompt_level"]["value"] == 0.0 and out["raw"]["prompt_level"]["value"] == 1.0
     assert out["n_echoed"] == 1
+
+
+# --------------------------------------------------------------------------- postscript
+
+
+@pytest.mark.parametrize(
+    "reply, marker, expected",
+    [
+        ("Thanks for coming.\n\nP.S. Bring a hat.", "P.S.", True),
+        ("thanks for coming.\np.s. bring a hat.", "P.S.", True),  # any case, as in IFEval
+        ("Thanks.\n  P.S.Bring a hat.", "P.S.", True),
+        ("Thanks.\n\nP.P.S. One more thing.", "P.P.S.", True),
+        ("Thanks.\n\nP.P.S. One more thing.", "P.S.", False),  # "P.P.S." is not "P.S."
+        ("P.S. Bring a hat.", "P.S.", False),  # nothing before the postscript
+        ("Thanks for coming. P.S. Bring a hat.", "P.S.", False),  # not at the start of a line
+        ("Thanks for coming.\nP.S.", "P.S.", False),  # no text after the marker
+        ("Thanks for coming.", "P.S.", False),
+    ],
+)
+def test_postscript(reply, marker, expected):
+    assert CHECKS["postscript"](reply, marker=marker) is expected
+
+
+def test_postscript_marker_defaults_to_ps_and_is_validated():
+    assert CHECKS["postscript"]("Hi.\nP.S. Bye.") is True
+    validate_record({"id": "p", "prompt": "Add a P.S. note.", "checks": [{"type": "postscript"}]})
+    validate_record({"id": "p", "prompt": "Add a note.", "checks": [{"type": "postscript", "marker": "P.P.S."}]})
+    with pytest.raises(DataError, match="marker must be a non-empty string"):
+        validate_record({"id": "p", "prompt": "Add a note.", "checks": [{"type": "postscript", "marker": ""}]})
+    with pytest.raises(DataError, match="unknown"):
+        validate_record({"id": "p", "prompt": "Add a note.", "checks": [{"type": "postscript", "mark": "P.S."}]})
+    with pytest.raises(DataError, match="marker 'Note, later' has a comma"):
+        validate_record({"id": "p", "prompt": "A note.", "checks": [{"type": "no_commas"},
+                                                                   {"type": "postscript", "marker": "Note, later"}]})
+
+
+def test_postscript_is_echo_proof():
+    record = {"id": "e", "prompt": "Write a note. End with a line P.S. remember to bring the blue umbrella tonight.",
+              "checks": [{"type": "postscript", "marker": "P.S."}]}
+    copied = "See you.\nP.S. remember to bring the blue umbrella tonight."
+    assert score_reply(record, copied, echo_proof=False)["prompt_level"] is True
+    assert score_reply(record, copied)["prompt_level"] is False
+    assert score_reply(record, "See you.\nP.S. Umbrella!")["prompt_level"] is True

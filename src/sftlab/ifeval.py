@@ -157,6 +157,18 @@ def n_paragraphs(reply: str, n: int) -> bool:
     return len(paragraphs) == n
 
 
+def postscript(reply: str, marker: str = "P.S.") -> bool:
+    """A postscript: a line that starts with `marker` (any case, indentation allowed) and has
+    text after it, below some other text.
+
+    ("See you soon.\n\nP.S. Bring a hat.") -> True; "P.S. Bring a hat." -> False (nothing
+    before it); "See you soon. P.S. Bring a hat." -> False (not at the start of a line);
+    "See you soon.\nP.S." -> False (no text after the marker).
+    """
+    pattern = re.compile(rf"^[ \t]*{re.escape(marker)}[ \t]*\S", re.IGNORECASE | re.MULTILINE)
+    return any(re.search(r"\w", reply[: m.start()]) for m in pattern.finditer(reply))
+
+
 CHECKS: dict[str, Callable[..., bool]] = {
     f.__name__: f
     for f in (
@@ -176,6 +188,7 @@ CHECKS: dict[str, Callable[..., bool]] = {
         quotation,
         contains_title,
         n_paragraphs,
+        postscript,
     )
 }
 
@@ -184,13 +197,15 @@ CHECKS: dict[str, Callable[..., bool]] = {
 
 
 def _arg_problem(name: str, value) -> str | None:
-    """What is wrong with a check argument, or None: n is a positive int, phrase a
-    non-empty string, words a non-empty list of non-empty strings."""
+    """What is wrong with a check argument, or None: n is a positive int, phrase and marker
+    non-empty strings, words a non-empty list of non-empty strings."""
     if name == "n":
         ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
         return None if ok else f"n must be a positive integer, got {value!r}"
     if name == "phrase":
         return None if isinstance(value, str) and value.strip() else f"phrase must be a non-empty string, got {value!r}"
+    if name == "marker":
+        return None if isinstance(value, str) and value.strip() else f"marker must be a non-empty string, got {value!r}"
     if name == "words":
         ok = isinstance(value, list) and value and all(isinstance(w, str) and w.strip() for w in value)
         return None if ok else f"words must be a non-empty list of non-empty strings, got {value!r}"
@@ -230,9 +245,11 @@ def validate_record(record: Mapping) -> None:
         if ctype not in CHECKS:
             raise DataError(f"{where}: unknown check type {ctype!r}; known: {', '.join(sorted(CHECKS))}")
         where = f"prompt {pid!r}, check {i} ({ctype})"
-        params = list(inspect.signature(CHECKS[ctype]).parameters)[1:]
+        signature = list(inspect.signature(CHECKS[ctype]).parameters.values())[1:]
+        params = [p.name for p in signature]
+        needed = {p.name for p in signature if p.default is inspect.Parameter.empty}
         args = _check_args(check)
-        missing, unknown = set(params) - set(args), set(args) - set(params)
+        missing, unknown = needed - set(args), set(args) - set(params)
         if missing or unknown:
             raise DataError(
                 f"{where}: expects arguments {params or 'none'}, missing {sorted(missing)}, unknown {sorted(unknown)}"
@@ -259,6 +276,9 @@ def validate_record(record: Mapping) -> None:
             conflict(f"all_uppercase but phrase {phrase!r} has lowercase letters")
         if "no_commas" in by_type and "," in phrase:
             conflict(f"no_commas but phrase {phrase!r} has a comma")
+    for a in by_type.get("postscript", []):
+        if "no_commas" in by_type and "," in a.get("marker", "P.S."):
+            conflict(f"no_commas but marker {a['marker']!r} has a comma")
     required = {w.lower() for a in by_type.get("required_words", []) for w in a["words"]}
     forbidden = {w.lower() for a in by_type.get("forbidden_words", []) for w in a["words"]}
     if required & forbidden:
