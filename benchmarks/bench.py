@@ -75,6 +75,12 @@ VARIANTS = {
         "trainable_tokens": True,
         "about": "sftlab as configured (trainable <end_of_turn> row)",
     },
+    "sftlab-peft-tt": {
+        "kind": "sftlab",
+        "trainable_tokens": True,
+        "peft_trainable_tokens": True,
+        "about": "sftlab with PEFT's own trainable-token layer (copies the whole 262k-row matrix per forward)",
+    },
     "sftlab-no-tt": {
         "kind": "sftlab",
         "trainable_tokens": False,
@@ -316,6 +322,15 @@ def hardware() -> dict:
     return hw
 
 
+def _relative(path) -> str:
+    """A path as the project sees it (configs/default.yaml), not the absolute path of this machine."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def versions() -> dict:
     from sftlab import runinfo
 
@@ -447,6 +462,8 @@ def train_worker(job: dict) -> dict:
         trainer_cls = T._trainer_class()
     trainer = _timed_trainer(trainer_cls)(model=model, args=args, train_dataset=dataset,
                                           processing_class=tokenizer, peft_config=lora)
+    if variant["kind"] == "sftlab" and not variant.get("peft_trainable_tokens"):
+        T.fast_trainable_tokens(trainer.model)  # as sftlab.train.train_lora does
 
     # The first batch's loss before any update, computed the same way for every variant.
     peft_model = trainer.model
@@ -691,7 +708,7 @@ def make_settings(args, config: dict) -> dict:
         "template": model_cfg.get("template", "gemma"),
         "data": args.data or data_cfg.get("source", "sharegpt"),
         "english_only": bool(data_cfg.get("english_only", True)),
-        "config": str(args.config),
+        "config": _relative(args.config),
         "seed": int(config.get("seed", 0)),
         "variants": variants,
     })

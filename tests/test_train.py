@@ -91,6 +91,47 @@ def test_chunked_loss_gives_the_same_loss_and_gradients(chat_setup):
         assert torch.allclose(chunked_grads[name], grads[name], atol=1e-6, rtol=1e-4), name
 
 
+def test_row_only_trainable_tokens_give_the_same_loss_and_gradients(chat_setup, tmp_path):
+    # fast_trainable_tokens replaces PEFT's "copy the whole 262k-row matrix" forward by one that
+    # touches only the trained rows: the loss and every gradient must be PEFT's own, and the
+    # adapter it saves must load with plain PEFT.
+    from peft import PeftModel, get_peft_model
+
+    from sftlab.train import fast_trainable_tokens
+
+    model, tok, fmt = chat_setup
+    pristine = copy.deepcopy(model)
+    lora = build_lora_config({"r": 4, "lora_alpha": 8, "target_modules": "all-linear", "init_lora_weights": False,
+                              "trainable_token_indices": ["<end_of_turn>", "<start_of_turn>"]}, tok, fmt)
+    peft_model = get_peft_model(model, lora)
+    with torch.no_grad():  # trained rows that differ from the frozen ones, as after training
+        for n, p in peft_model.named_parameters():
+            if "trainable_tokens_delta" in n:
+                p.add_(0.5 * torch.randn_like(p))
+    batch = _batch(tok, CONVS)
+
+    def loss_and_grads():
+        peft_model.zero_grad()
+        loss = labelled_position_loss(peft_model, batch)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.grad is not None}
+
+    plain, plain_grads = loss_and_grads()
+    assert fast_trainable_tokens(peft_model) == 2  # the input embedding and the tied output layer
+    fast, fast_grads = loss_and_grads()
+    assert torch.allclose(fast, plain, atol=1e-6)
+    assert fast_grads.keys() == plain_grads.keys() and any("trainable_tokens_delta" in n for n in fast_grads)
+    for name in plain_grads:
+        assert torch.allclose(fast_grads[name], plain_grads[name], atol=1e-6, rtol=1e-4), name
+    with torch.no_grad():
+        with peft_model.disable_adapter():  # disabled adapters read the frozen rows, as the base model does
+            assert torch.allclose(labelled_position_loss(peft_model, batch), labelled_position_loss(pristine, batch),
+                                  atol=1e-6)
+        peft_model.save_pretrained(tmp_path / "adapter")  # PEFT's own format: plain PEFT loads it
+        reloaded = PeftModel.from_pretrained(copy.deepcopy(pristine), tmp_path / "adapter")
+        assert torch.allclose(labelled_position_loss(reloaded, batch), fast, atol=1e-5)
+
+
 def test_trainable_tokens_by_name_and_unknown_name(chat_setup):
     _, tok, _ = chat_setup
     assert resolve_token_indices(["<end_of_turn>", 3], tok) == [tok.convert_tokens_to_ids("<end_of_turn>"), 3]

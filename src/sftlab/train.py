@@ -261,6 +261,7 @@ def train_lora(
         callbacks=[_log_callback(log_path)],
     )
     peft_model = trainer.model
+    fast_trainable_tokens(peft_model)  # one row instead of the whole 262k-row matrix per step
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
     n_train_tokens = sum(len(x) for x in train_ds["input_ids"])
@@ -329,3 +330,56 @@ def truncate_log(path: Path, step: int) -> None:
 def last_checkpoint(folder: Path) -> Path | None:
     found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if folder.exists() else []
     return found[-1] if found else None
+
+
+def _rows_forward(self, x, *args, **kwargs):
+    """`TrainableTokensLayer.forward` that touches only the trained rows (see `fast_trainable_tokens`)."""
+    import torch
+
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    active = self.active_adapters
+    if self.disable_adapters or not active or self.merged or len(active) != 1:
+        return TrainableTokensLayer.forward(self, x, *args, **kwargs)  # the library's own path
+    name = active[0]
+    delta = self.trainable_tokens_delta[name]
+    index = torch.as_tensor(self.token_indices[name], device=delta.device)
+    result = self.base_layer(x, *args, **kwargs)
+    if isinstance(self.base_layer, torch.nn.Embedding):
+        hit = x.unsqueeze(-1) == index  # [..., k]: which input positions are trained tokens
+        if bool(hit.any()):
+            rows = delta[hit.to(torch.int64).argmax(-1)].to(result.dtype)  # [..., dim]
+            scale = self._get_embed_scale()  # Gemma scales embeddings inside its embedding module
+            if scale is not None:
+                rows = rows * scale.to(result.dtype)
+            result = torch.where(hit.any(-1, keepdim=True), rows, result)
+        return result
+    if isinstance(self.base_layer, torch.nn.Linear):  # the tied output layer: logits of the trained tokens
+        result[..., index] = torch.nn.functional.linear(x, delta.to(x.dtype)).to(result.dtype)
+        return result
+    return TrainableTokensLayer.forward(self, x, *args, **kwargs)
+
+
+def fast_trainable_tokens(model) -> int:
+    """Make PEFT's trainable-token layers compute only the rows they train; returns how many it changed.
+
+    PEFT's `TrainableTokensLayer` (`lora.trainable_token_indices`) builds the whole merged
+    matrix, `W.index_copy(rows, delta)`, at every forward: for Gemma's tied 262,144 x 640
+    embedding that is a 671 MB copy for the input embedding and another for the output layer,
+    per step, to change one row. Hand-written because PEFT has no sparse path: here the input
+    side looks tokens up in the frozen matrix and swaps in the trained rows where the input
+    is one of those tokens, and the output side computes the frozen logits and overwrites the
+    trained tokens' columns. Same values and gradients (tested); the parameters, and so the
+    saved adapter, are PEFT's own, so it loads with plain PEFT. Merged, disabled or
+    multi-adapter layers keep PEFT's path.
+    """
+    import types
+
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    n = 0
+    for module in model.modules():
+        if isinstance(module, TrainableTokensLayer):
+            module.forward = types.MethodType(_rows_forward, module)
+            n += 1
+    return n

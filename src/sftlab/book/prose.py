@@ -432,14 +432,13 @@ def published_note(results: Results) -> str:
         if mine:
             line += f"; on this project's prompts, {label(e['system'])} scores {fmt_ci(mine, 'rate')} prompt-level"
         lines.append(line + ".")
-    from ..ifeval import CHECKS
-
     n_prompts = len(samples(results, "ifeval"))
+    n_types = len({c["type"] for s in samples(results, "ifeval") for c in s.get("checks") or []})
     limit = (results.config.get("evaluation") or {}).get("max_new_tokens", "?")
     # IFEval's size is the paper's (Zhou et al. 2023); this project's numbers come from the run.
     return ("\n".join(lines) + "\n\nThese are not comparable one to one with this chapter's numbers: the real "
             "IFEval has 541 prompts and 25 instruction types [@zhou2023ifeval] and was run on the original "
-            f"weights, while this project uses its own {n_prompts} prompts with {len(CHECKS)} check types, 4-bit "
+            f"weights, while this project uses its own {n_prompts} prompts with {n_types} check types, 4-bit "
             f"weights, greedy decoding and a {limit}-token limit. They place the systems on a familiar scale, "
             "no more.")
 
