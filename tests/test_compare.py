@@ -63,3 +63,29 @@ def test_cli_prints_the_verdict_and_names_a_missing_folder(tmp_path, capsys):
     with pytest.raises(ConfigError):
         from sftlab.compare import read_metrics
         read_metrics(tmp_path / "nowhere")
+
+
+def test_paired_run_differences_pair_the_same_prompts(tmp_path):
+    from sftlab.compare import paired_run_differences
+
+    def write(name, stops, passes, losses):
+        folder = tmp_path / name
+        folder.mkdir()
+        rows = [{"set": "heldout", "id": f"h{i}", "replies": {"sft": {"text": "x", "stopped": s, "category": "answer"}}}
+                for i, s in enumerate(stops)]
+        rows += [{"set": "ifeval", "id": f"i{i}", "replies": {"sft": {"text": "x", "stopped": True,
+                                                                       "checks_passed": [p], "category": "answer"}}}
+                 for i, p in enumerate(passes)]
+        (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (folder / "heldout_losses.json").write_text(json.dumps({"sft": losses}))
+        return folder
+
+    variant = write("variant", [True, True, True, False], [True, True, False], [[4.0, 2, 1.0, 1], [6.0, 3, 2.0, 1]])
+    control = write("control", [False, True, False, False], [False, True, False], [[6.0, 2, 3.0, 1], [9.0, 3, 5.0, 1]])
+    rows = {(r["set"], r["metric"]): r for r in paired_run_differences(variant, control)}
+    assert rows[("heldout", "stop_rate")]["difference"] == pytest.approx(0.5)
+    assert rows[("heldout", "stop_rate")]["n_a_higher"] == 2 and rows[("heldout", "stop_rate")]["n_b_higher"] == 0
+    assert rows[("ifeval", "prompt_level")]["difference"] == pytest.approx(1 / 3)
+    assert rows[("loss", "mean_nll")]["difference"] == pytest.approx(10 / 5 - 15 / 5)
+    assert rows[("heldout", "canned_rate")]["difference"] == 0.0
+    assert {r["a"] for r in rows.values()} == {"variant"} and {r["b"] for r in rows.values()} == {"control"}

@@ -1,10 +1,12 @@
-"""Compare the metrics of two runs: does a re-run reproduce a committed one within noise?
+"""Compare two runs: does a re-run reproduce a committed one within noise, and what did a change do?
 
 `sftlab compare results/default OTHER/default` reads both `metrics.json` files and, for
 every metric that has a 95% interval in the first run, says whether the second run's value
 lies inside it. A re-run with the same recipe, seed and software on the same kind of machine
 should land inside nearly every interval (with 95% intervals, about one value in twenty
-may fall outside by chance even when nothing changed).
+may fall outside by chance even when nothing changed). `paired_run_differences` compares two
+runs whose recipes differ (an ablation, the run without instruction data) prompt by prompt:
+paired differences with 95% intervals, from their samples.jsonl and heldout_losses.json.
 """
 
 from __future__ import annotations
@@ -88,3 +90,73 @@ def format_comparison(result: dict, name_a: str = "a", name_b: str = "b") -> str
         if keys:
             lines.append(f"only in {side}: {', '.join(keys)}")
     return "\n".join(lines)
+
+
+# Per-prompt values read from samples.jsonl, by prompt set: what two runs' replies to the
+# same prompts can be compared on, pair by pair.
+def _sample_values(row: dict, reply: dict) -> dict:
+    from .categories import canned
+
+    out = {"stop_rate": float(bool(reply.get("stopped")))}
+    if "category" in reply:
+        out["canned_rate"] = float(canned(reply["category"]))
+    if row["set"] in ("ifeval", "multiturn") and reply.get("checks_passed") is not None:
+        out["prompt_level"] = float(all(reply["checks_passed"]))
+    return out
+
+
+def paired_run_differences(a_dir: str | Path, b_dir: str | Path, system: str = "sft", *,
+                           n_resamples: int = 1000, seed: int = 0) -> list[dict]:
+    """Run A's `system` against run B's on the prompts both answered (matched by prompt set and id):
+    paired differences A - B of the stop rate, canned replies and, for IFEval-style and multi-turn
+    prompts, prompt-level accuracy. The same rows as metrics.json's "comparisons", with
+    "a" and "b" naming the runs. For an ablation, A is the variant and B the control.
+    """
+    from .stats import paired_difference
+
+    def read(folder):
+        path = Path(folder) / "samples.jsonl"
+        if not path.is_file():
+            raise ConfigError(f"{folder} has no samples.jsonl: is it a finished run folder?")
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return {(r["set"], str(r["id"])): r for r in rows if system in r.get("replies", {})}
+
+    a_rows, b_rows = read(a_dir), read(b_dir)
+    common = [k for k in a_rows if k in b_rows]
+    if not common:
+        raise ConfigError(f"{a_dir} and {b_dir} share no prompt answered by {system}: nothing to pair")
+    values: dict[tuple[str, str], tuple[list, list]] = {}
+    for key in common:
+        va = _sample_values(a_rows[key], a_rows[key]["replies"][system])
+        vb = _sample_values(b_rows[key], b_rows[key]["replies"][system])
+        for metric in va.keys() & vb.keys():
+            pair = values.setdefault((key[0], metric), ([], []))
+            pair[0].append(va[metric])
+            pair[1].append(vb[metric])
+    out = [{"a": Path(a_dir).name, "b": Path(b_dir).name, "system": system, "set": set_, "metric": metric,
+            **paired_difference(xa, xb, n_resamples=n_resamples, seed=seed)}
+           for (set_, metric), (xa, xb) in sorted(values.items())]
+    out += _paired_losses(Path(a_dir), Path(b_dir), system, n_resamples=n_resamples, seed=seed)
+    return out
+
+
+def _paired_losses(a_dir: Path, b_dir: Path, system: str, *, n_resamples: int, seed: int) -> list[dict]:
+    """Held-out loss of the two runs' `system` on the same conversations (heldout_losses.json), when
+    both runs wrote it for the same number of conversations; [] otherwise."""
+    from .scoring import loss_rows
+    from .stats import paired_difference, pooled_ratio
+
+    files = [d / "heldout_losses.json" for d in (a_dir, b_dir)]
+    if not all(f.is_file() for f in files):
+        return []
+    ra, rb = (loss_rows(json.loads(f.read_text()).get(system) or []) for f in files)
+    if not ra["mean_nll"] or len(ra["mean_nll"]) != len(rb["mean_nll"]):
+        return []
+    out = []
+    for part in ("mean_nll", "content_nll", "eot_nll"):
+        if part in ra and part in rb:
+            keep = [i for i, (x, y) in enumerate(zip(ra[part], rb[part])) if x[1] > 0 and y[1] > 0]
+            out.append({"a": a_dir.name, "b": b_dir.name, "system": system, "set": "loss", "metric": part,
+                        **paired_difference([ra[part][i] for i in keep], [rb[part][i] for i in keep],
+                                            stat=pooled_ratio, n_resamples=n_resamples, seed=seed)})
+    return out

@@ -72,3 +72,37 @@ def test_prepare_data_rejects_unknown_keys():
     assert set(data.DATA_KEYS) >= {"source", "split", "limit", "eval_size", "train_size"}
     with pytest.raises(ConfigError, match="max_len"):
         data.prepare_data({"source": "chitchat", "max_len": 3}, None, seed=0)
+
+
+def _long_conv(i):
+    reply = (f"Paris is the capital of France number {i}. It lies on the river Seine. It is known for its museums. "
+             "Many people visit it every year. The city has a long history.")
+    return {"id": f"c{i}", "messages": [msg("user", f"Tell me about Paris, please, version {i}."),
+                                        msg("assistant", reply)]}
+
+
+def test_instruction_examples_replace_a_share_of_training_only(tmp_path):
+    path = tmp_path / "convs.jsonl"
+    path.write_text("".join(json.dumps(_long_conv(i)) + "\n" for i in range(40)))
+    cfg = {"source": str(path), "english_only": False, "train_size": 20, "eval_size": 10,
+           "instructions": {"share": 0.5, "seed": 1}}
+    out = data.prepare_data(cfg, None, seed=3, progress=False)
+    plain = data.prepare_data({k: v for k, v in cfg.items() if k != "instructions"}, None, seed=3, progress=False)
+    assert out.eval["id"] == plain.eval["id"] and out.eval["messages"] == plain.eval["messages"]
+    assert len(out.train) == 20 and sum(i.endswith("+if") for i in out.train["id"]) == 10
+    mix = out.report["instructions"]
+    assert mix["n_replaced"] == 10 and sum(mix["per_type"].values()) == 10
+    assert all(len(m) == 2 for m in mix["samples"].values())  # each type's example: request and reply
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"shares": 0.3}, "unknown data.instructions keys: shares"),
+    ({"seed": 1}, "needs a share"),
+    (0.3, "must be a mapping"),
+])
+def test_bad_instruction_settings_are_named(tmp_path, spec, message):
+    path = tmp_path / "convs.jsonl"
+    path.write_text("".join(json.dumps(_long_conv(i)) + "\n" for i in range(12)))
+    with pytest.raises(ConfigError, match=message):
+        data.prepare_data({"source": str(path), "english_only": False, "eval_size": 2, "instructions": spec},
+                          None, seed=0, progress=False)

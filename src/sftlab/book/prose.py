@@ -455,3 +455,44 @@ def canned_note(results: Results, system: str = "sft") -> str:
     return (f"{label(system)} stopped by itself in {stopped} of {n} held-out replies, but {canned} of its "
             f"replies are canned (deflections or bare greetings), which end early by nature: counting only "
             f"replies that attempt an answer, {counts.get('answer', 0)} of {n} did so and stopped.")
+
+
+CLEANING_REASONS = {
+    "prompt_too_short": "opening requests too short to answer without context",
+    "prompt_needs_context": "opening requests that continue a conversation which is not there",
+    "duplicate_prompt": "repeats of an earlier conversation's opening request",
+    "duplicate_conversation": "exact repeats of an earlier conversation",
+}
+
+
+def cleaning_note(results: Results) -> str:
+    """What the cleaning filters removed (short or context-bound prompts, duplicates), or that the run
+    did not use them, with the consequence for the held-out set."""
+    r = results.data_report
+    f, rejected = r.get("filters") or {}, r.get("rejected") or {}
+    used = [k for k in ("min_prompt_words", "drop_context_prompts", "dedupe", "strict_english") if f.get(k)]
+    if not used:
+        return ("This run did not deduplicate opening requests or drop context-bound ones (`data.dedupe`, "
+                "`data.min_prompt_words`, `data.drop_context_prompts`): some held-out prompts may also open "
+                "training conversations, and some are fragments such as a single word.")
+    parts = [f"{fmt_count(rejected[k])} {v}" for k, v in CLEANING_REASONS.items() if rejected.get(k)]
+    text = ("Before the split, the cleaning filters removed " + (", ".join(parts) if parts else "nothing") + ".")
+    if f.get("dedupe"):
+        text += (" Because duplicates go before the split, no held-out conversation opens with the same "
+                 "request (compared in lowercase, punctuation ignored) as a training conversation.")
+    if f.get("strict_english"):
+        text += " Every user turn must also be written mostly in Latin letters (`strict_english`)."
+    return text
+
+
+def instruction_mix_note(results: Results) -> str:
+    """How many training conversations became verifiable-instruction examples, of how many types."""
+    mix = results.data_report.get("instructions") or {}
+    if not mix:
+        return ""
+    n_train = results.data_report.get("n_train")
+    return (f"{fmt_count(mix['n_replaced'])} of the {fmt_count(n_train)} training conversations "
+            f"({100 * mix['n_replaced'] / max(1, n_train or 1):.0f}%, share {mix['share']} asked) were replaced by "
+            f"instruction examples of {len(mix['per_type'])} types, so the run trains on no more conversations "
+            f"than without them; {fmt_count(sum((mix.get('skipped') or {}).values()))} rewrite attempts could not "
+            "satisfy their instruction and were skipped, never emitted.")

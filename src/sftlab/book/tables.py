@@ -379,6 +379,12 @@ def data_steps_table(results: Results) -> pd.DataFrame:
          f"{fmt_count((run.get('training') or {}).get('train_assistant_tokens_per_epoch'))} learned tokens "
          f"of {fmt_count((run.get('training') or {}).get('train_tokens_per_epoch'))}"),
     ]
+    mix = r.get("instructions")
+    if mix:
+        rows.insert(4, ("4b. instruction examples",
+                        f"{fmt_count(mix['n_replaced'])} training conversations rewritten to carry a verifiable "
+                        f"instruction ({len(mix['per_type'])} types); the held-out set is untouched",
+                        f"{fmt_count(r.get('n_train'))} train + {fmt_count(r.get('n_eval'))} eval"))
     if cfg.get("limit"):
         rows[0] = (rows[0][0], rows[0][1] + f" (first {cfg['limit']:,} only)", rows[0][2])
     return pd.DataFrame(rows, columns=["step", "what happens", "left after the step"]).set_index("step")
@@ -390,3 +396,11 @@ def reasons_table(counts: dict, examples: dict | None = None) -> pd.DataFrame:
     rows = [{"reason": k, "count": fmt_count(v), "example ids": ", ".join(examples.get(k, [])[:3])}
             for k, v in sorted(counts.items(), key=lambda kv: -kv[1])]
     return pd.DataFrame(rows, columns=["reason", "count", "example ids"]).set_index("reason")
+
+
+def instruction_mix_table(results: Results) -> pd.DataFrame:
+    """The verifiable-instruction examples of a run: type, checks it carries (from the type name), count."""
+    mix = results.data_report.get("instructions") or {}
+    rows = [{"instruction type": t.replace("+", " + "), "examples": fmt_count(n)}
+            for t, n in sorted((mix.get("per_type") or {}).items(), key=lambda kv: (-kv[1], kv[0]))]
+    return pd.DataFrame(rows, columns=["instruction type", "examples"])

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from .filters import (
     CHARS_PER_TOKEN_CAP,
-    FilterResult,
     conversation_text,
     filter_conversations,
+    FilterResult,
+    first_prompt,
     looks_english,
     n_turns,
+    normalized_prompt,
+    prompt_problem,
     token_lengths,
 )
 from .messages import (
@@ -65,13 +68,16 @@ __all__ = [
     "conversation_text",
     "data_report",
     "filter_conversations",
+    "first_prompt",
     "format_report",
     "load_conversations",
     "looks_english",
     "merge_speaker_turns",
     "n_turns",
     "normalize_messages",
+    "normalized_prompt",
     "prepare_data",
+    "prompt_problem",
     "sharegpt_to_messages",
     "to_dataset",
     "token_lengths",

@@ -1,9 +1,14 @@
-"""The filters applied to valid conversations: number of replies, language, token length.
+"""The filters applied to valid conversations: replies, language, the opening prompt, length, duplicates.
 
 `filter_conversations` keeps a conversation only if it passes every filter and counts each
 reject under the first one it fails: `too_few_turns`/`too_many_turns` (`n_turns`),
-`not_english` (the `looks_english` heuristic), `too_few_tokens`/`too_many_tokens`
-(`token_lengths` of `conversation_text`, an approximation without the chat template). Its
+`not_english` (the `looks_english` heuristic; with `strict_english`, also every user turn's
+letters), `prompt_too_short`/`prompt_needs_context` (`prompt_problem`: an opening request a
+reader could not answer without a conversation that is not there), `too_few_tokens`/
+`too_many_tokens` (`token_lengths` of `conversation_text`, an approximation without the chat
+template), and, with `dedupe`, `duplicate_conversation`/`duplicate_prompt` (the same
+normalised opening request as an earlier kept conversation: `normalized_prompt`). Deduplicating
+before the train/eval split means no evaluation prompt is also a training prompt. Its
 `FilterResult` is step 3, filters, of the "Preprocessing, step by step" section of chapter 3
 "data" (chapters/03-data.qmd, @tbl-rejected and @fig-filter-rejects), and the recipe's
 `data:` filter keys are passed here by `prepare_data`.
@@ -83,6 +88,57 @@ def looks_english(text: str) -> bool:
     return not (n_tags >= 5 and n_tags * 500 >= len(prose))
 
 
+def _letters_mostly_ascii(text: str) -> bool:
+    """At least 90% of the letters are ASCII (a script check that works on a two-word prompt too)."""
+    ascii_text = text.encode("ascii", "ignore")
+    n_ascii = len(ascii_text) - len(ascii_text.translate(None, _ASCII_LETTERS))
+    n_other = sum(c.isalpha() for c in _NON_ASCII.findall(text))
+    return n_ascii > 0 and n_ascii >= 0.9 * (n_ascii + n_other)
+
+
+_PROMPT_WORD = re.compile(r"[^\W_]+")
+# Openings that continue an earlier exchange: "continue", "ok", "rewrite it", "make it shorter".
+_CONTEXT_OPENER = re.compile(
+    r"^\W*(?:continue|go on|keep going|more|next|again|ok(?:ay)?|yes|no|yep|sure|thanks|thank you|"
+    r"rewrite (?:it|this|that)|make (?:it|this|that)|shorter|longer|same|and|also|what about|how about|"
+    r"now|then|do (?:it|that) again|try again|another one)\b", re.IGNORECASE)
+CONTEXT_PROMPT_MAX_WORDS = 12  # a longer request that opens with "now" or "and" usually stands on its own
+
+
+def first_prompt(messages: list[dict]) -> str:
+    """The conversation's first user message (its opening request)."""
+    return next((m["content"] for m in messages if m["role"] == "user"), "")
+
+
+def normalized_prompt(text: str) -> str:
+    """A request as compared for duplicates: lowercase words only, in order.
+
+    >>> normalized_prompt("Explain quantum computing  in simple terms!")
+    'explain quantum computing in simple terms'
+    """
+    return " ".join(_PROMPT_WORD.findall(text.lower()))
+
+
+def prompt_problem(text: str, min_words: int | None = None, drop_context: bool = False) -> str | None:
+    """Why an opening request cannot stand alone, or None: "prompt_too_short" (fewer than
+    `min_words` words: "cpp", "OK", "test") or, with `drop_context`, "prompt_needs_context" (a
+    short request that continues a conversation which is not there: "continue", "make it shorter").
+
+    >>> prompt_problem("headline", min_words=4)
+    'prompt_too_short'
+    >>> prompt_problem("Rewrite it in a more formal tone please", drop_context=True)
+    'prompt_needs_context'
+    >>> prompt_problem("Explain quantum computing in simple terms", min_words=4, drop_context=True) is None
+    True
+    """
+    n = len(_PROMPT_WORD.findall(text))
+    if min_words is not None and n < min_words:
+        return "prompt_too_short"
+    if drop_context and n < CONTEXT_PROMPT_MAX_WORDS and _CONTEXT_OPENER.match(text):
+        return "prompt_needs_context"
+    return None
+
+
 def conversation_text(messages: list[dict]) -> str:
     """Plain-text rendering used for length filtering: "role\\ncontent" blocks joined by newlines."""
     return "\n".join(f"{m['role']}\n{m['content']}" for m in messages)
@@ -130,11 +186,20 @@ def filter_conversations(
     max_tokens: int | None = None,
     min_turns: int | None = None,
     max_turns: int | None = None,
+    strict_english: bool = False,
+    min_prompt_words: int | None = None,
+    drop_context_prompts: bool = False,
+    dedupe: bool = False,
 ) -> FilterResult:
     """Keep conversations that pass every filter; count each reject under its first failing reason.
 
     Order (cheapest first): turns ("too_few_turns", "too_many_turns"), language
-    ("not_english", see `looks_english`), tokens ("too_few_tokens", "too_many_tokens").
+    ("not_english", see `looks_english`; `strict_english` also asks that each user turn's
+    letters be at least 90% ASCII), the opening request ("prompt_too_short",
+    "prompt_needs_context", see `prompt_problem`), tokens ("too_few_tokens", "too_many_tokens"),
+    then, with `dedupe`, duplicates in file order: the first conversation with a given
+    `normalized_prompt` is kept, later ones are "duplicate_conversation" (every message the same
+    as a kept one's) or "duplicate_prompt".
     Token length is an approximation: `conversation_text` tokenized without special tokens,
     so it includes role names but not a chat template's markers (Gemma adds 2 per message
     plus `<bos>`); the training code measures the exact templated length.
@@ -143,6 +208,11 @@ def filter_conversations(
         raise ConfigError("min_tokens/max_tokens need a tokenizer to count tokens")
     settings = {"english_only": english_only, "min_tokens": min_tokens, "max_tokens": max_tokens,
                 "min_turns": min_turns, "max_turns": max_turns}
+    # The newer filters are recorded only when used, so older runs' reports read as they did.
+    for key, value in (("strict_english", strict_english), ("min_prompt_words", min_prompt_words),
+                       ("drop_context_prompts", drop_context_prompts), ("dedupe", dedupe)):
+        if value:
+            settings[key] = value
     rejected: Counter = Counter()
     examples: dict[str, list[str]] = {}
 
@@ -161,6 +231,11 @@ def filter_conversations(
             reject("too_many_turns", conv)
         elif english_only and not looks_english("\n".join(m["content"] for m in conv["messages"])):
             reject("not_english", conv)
+        elif english_only and strict_english and not all(
+                _letters_mostly_ascii(m["content"]) for m in conv["messages"] if m["role"] == "user"):
+            reject("not_english", conv)
+        elif problem := prompt_problem(first_prompt(conv["messages"]), min_prompt_words, drop_context_prompts):
+            reject(problem, conv)
         else:
             survivors.append(conv)
 
@@ -177,6 +252,22 @@ def filter_conversations(
             else:
                 kept.append(conv)
                 lengths.append(n)
+    if dedupe:
+        seen_prompts, seen_convs, unique, unique_lengths = set(), set(), [], []
+        for i, conv in enumerate(kept):
+            prompt = normalized_prompt(first_prompt(conv["messages"]))
+            whole = tuple((m["role"], normalized_prompt(m["content"])) for m in conv["messages"])
+            if whole in seen_convs:
+                reject("duplicate_conversation", conv)
+            elif prompt in seen_prompts:
+                reject("duplicate_prompt", conv)
+            else:
+                seen_prompts.add(prompt)
+                seen_convs.add(whole)
+                unique.append(conv)
+                if lengths:
+                    unique_lengths.append(lengths[i])
+        kept, lengths = unique, unique_lengths
     return FilterResult(kept=kept, rejected=rejected, token_lengths=lengths,
                         rejected_examples=examples, n_input=len(convs), settings=settings)
 

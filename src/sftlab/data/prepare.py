@@ -29,6 +29,12 @@ DATA_KEYS = {
     "max_tokens": "drop conversations longer than this many tokens (approximate, see filter_conversations)",
     "min_turns": "drop conversations with fewer assistant replies",
     "max_turns": "drop conversations with more assistant replies",
+    "strict_english": "with english_only, also require every user turn's letters to be >= 90% ASCII",
+    "min_prompt_words": "drop conversations whose opening request has fewer words (\"cpp\", \"OK\", \"test\")",
+    "drop_context_prompts": "drop conversations that open by continuing a conversation not there (\"continue\")",
+    "dedupe": "keep only the first conversation with each normalised opening request (before the split)",
+    "instructions": "verifiable-instruction examples replacing a share of the training conversations: "
+                    "{share: 0.3, seed: 0, types: null (all)}; see sftlab.data.instructions",
     "train_size": "number of training conversations (null = all that remain after eval)",
     "eval_size": "number of held-out evaluation conversations, drawn first",
 }
@@ -41,6 +47,11 @@ DATA_DEFAULTS = {
     "max_tokens": None,
     "min_turns": None,
     "max_turns": None,
+    "strict_english": False,
+    "min_prompt_words": None,
+    "drop_context_prompts": False,
+    "dedupe": False,
+    "instructions": None,
     "train_size": None,
     "eval_size": 50,
 }
@@ -95,13 +106,44 @@ def prepare_data(data_cfg: dict, tokenizer, seed: int, *, progress: bool = True)
     filtered = filter_conversations(
         loaded.conversations, tokenizer=tokenizer, english_only=cfg["english_only"],
         min_tokens=cfg["min_tokens"], max_tokens=cfg["max_tokens"],
-        min_turns=cfg["min_turns"], max_turns=cfg["max_turns"],
+        min_turns=cfg["min_turns"], max_turns=cfg["max_turns"], strict_english=cfg["strict_english"],
+        min_prompt_words=cfg["min_prompt_words"], drop_context_prompts=cfg["drop_context_prompts"],
+        dedupe=cfg["dedupe"],
     )
     train, eval_ = train_eval_split(filtered.kept, eval_size=cfg["eval_size"],
                                     train_size=cfg["train_size"], seed=seed)
+    mix = None
+    if cfg["instructions"]:
+        # Training conversations only, after the split: the held-out set stays as it was.
+        train, mix = mix_training_instructions(train, cfg["instructions"], seed)
     report = data_report(loaded, filtered, train, eval_, seed=seed)
+    if mix is not None:
+        by_id = {c["id"]: c for c in train}
+        # one example per type, its last request and reply, so the book can show what the model saw
+        mix["samples"] = {t: by_id[i]["messages"][-2:] for t, i in mix.get("examples", {}).items() if i in by_id}
+        report["instructions"] = mix
     return PreparedData(train=to_dataset(train), eval=to_dataset(eval_), report=report,
                         load=loaded, filtered=filtered)
+
+
+INSTRUCTION_KEYS = {"share": "share of training conversations replaced (0 to 1)",
+                    "seed": "seed for which conversations and which instruction types (default: the run's seed)",
+                    "types": "instruction types to use (default: all, sftlab.data.instructions.TYPE_NAMES)"}
+
+
+def mix_training_instructions(train: list[dict], spec: dict, seed: int) -> tuple[list[dict], dict]:
+    """`data.instructions` applied to the training conversations (see `sftlab.data.instructions.mix_instructions`)."""
+    from .instructions import mix_instructions
+
+    if not isinstance(spec, dict):
+        raise ConfigError(f"data.instructions must be a mapping such as {{share: 0.3}}, got {spec!r}")
+    unknown = set(spec) - set(INSTRUCTION_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown data.instructions keys: {', '.join(sorted(unknown))}; "
+                          f"allowed: {', '.join(INSTRUCTION_KEYS)}")
+    if "share" not in spec:
+        raise ConfigError("data.instructions needs a share, e.g. {share: 0.3}")
+    return mix_instructions(train, share=spec["share"], seed=int(spec.get("seed", seed)), types=spec.get("types"))
 
 
 def to_dataset(convs: list[dict]):

@@ -89,6 +89,14 @@ def format_report(report: dict) -> str:
     lines.append(row("train", report["n_train"]))
     lines.append(row("eval", report["n_eval"]))
     lines.append(row("unused", report["n_unused"]))
+    mix = report.get("instructions")
+    if mix:
+        lines.append(f"Verifiable-instruction examples (share {mix['share']}, seed {mix['seed']}):")
+        lines.append(row("training conversations replaced", mix["n_replaced"]))
+        lines += [row(t, n, indent=4) for t, n in sorted(mix["per_type"].items(), key=lambda kv: -kv[1])]
+        if mix.get("skipped"):
+            lines.append(row("attempts skipped", sum(mix["skipped"].values())))
+            lines += [row(r, n, indent=4) for r, n in sorted(mix["skipped"].items(), key=lambda kv: -kv[1])]
     hist = report["turns_histogram"]
     if hist:
         lines.append("Assistant turns per kept conversation:")
