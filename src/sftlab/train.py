@@ -345,18 +345,20 @@ def _rows_forward(self, x, *args, **kwargs):
     delta = self.trainable_tokens_delta[name]
     index = torch.as_tensor(self.token_indices[name], device=delta.device)
     result = self.base_layer(x, *args, **kwargs)
+    # Both sides add (trained row - frozen row) where it applies: an in-place add passes the
+    # gradient through unchanged, where overwriting would copy the [positions, 262144] gradient.
+    change = delta - self.base_layer.weight[index].detach()  # [k, dim]
     if isinstance(self.base_layer, torch.nn.Embedding):
         hit = x.unsqueeze(-1) == index  # [..., k]: which input positions are trained tokens
         if bool(hit.any()):
-            rows = delta[hit.to(torch.int64).argmax(-1)].to(result.dtype)  # [..., dim]
+            rows = hit.to(change.dtype) @ change  # [..., dim]: the change for trained tokens, 0 elsewhere
             scale = self._get_embed_scale()  # Gemma scales embeddings inside its embedding module
             if scale is not None:
-                rows = rows * scale.to(result.dtype)
-            result = torch.where(hit.any(-1, keepdim=True), rows, result)
+                rows = rows * scale.to(rows.dtype)
+            result = result + rows.to(result.dtype)
         return result
     if isinstance(self.base_layer, torch.nn.Linear):  # the tied output layer: logits of the trained tokens
-        result[..., index] = torch.nn.functional.linear(x, delta.to(x.dtype)).to(result.dtype)
-        return result
+        return result.index_add_(-1, index, torch.nn.functional.linear(x, change.to(x.dtype)).to(result.dtype))
     return TrainableTokensLayer.forward(self, x, *args, **kwargs)
 
 

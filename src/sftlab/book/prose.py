@@ -496,3 +496,23 @@ def instruction_mix_note(results: Results) -> str:
             f"instruction examples of {len(mix['per_type'])} types, so the run trains on no more conversations "
             f"than without them; {fmt_count(sum((mix.get('skipped') or {}).values()))} rewrite attempts could not "
             "satisfy their instruction and were skipped, never emitted.")
+
+
+def run_difference_sentence(rows: list[dict], a_label: str, b_label: str) -> str:
+    """Which metrics two runs of the trained model differ on, by the paired intervals, in one sentence."""
+    from ..stats import verdict
+
+    parts = {"better": [], "worse": [], "unclear": []}
+    for c in rows:
+        m = metric_spec(c["metric"], c["set"])
+        v = verdict(c, m.better)
+        if v:
+            parts[v].append(f"{m.label} ({fmt_diff(c, m.kind)})")
+    if not any(parts.values()):
+        return f"No metric was measured for both {a_label} and {b_label}."
+
+    def names(xs):
+        return "; ".join(xs) if xs else "none"
+
+    return (f"Prompt by prompt, {a_label} against {b_label}: better on {names(parts['better'])}; worse on "
+            f"{names(parts['worse'])}; not separable on {names(parts['unclear'])}.")

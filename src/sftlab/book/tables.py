@@ -404,3 +404,26 @@ def instruction_mix_table(results: Results) -> pd.DataFrame:
     rows = [{"instruction type": t.replace("+", " + "), "examples": fmt_count(n)}
             for t, n in sorted((mix.get("per_type") or {}).items(), key=lambda kv: (-kv[1], kv[0]))]
     return pd.DataFrame(rows, columns=["instruction type", "examples"])
+
+
+def run_comparison_table(rows: list[dict], a_label: str, b_label: str) -> pd.DataFrame:
+    """Two runs of the trained model compared prompt by prompt (`sftlab.compare.paired_run_differences`):
+    per prompt set and metric, the paired difference a - b [95% interval], prompts where each is
+    higher, and the reading."""
+    from ..stats import verdict
+
+    order = {"loss": 0, "heldout": 1, "ifeval": 2, "multiturn": 3}
+    out = []
+    for c in sorted(rows, key=lambda c: (order.get(c["set"], 9), c["metric"])):
+        m = metric_spec(c["metric"], c["set"])
+        out.append({
+            "prompt set": SET_LABELS.get(c["set"], c["set"]),
+            "metric": m.label,
+            f"{a_label} − {b_label} [95% CI]": fmt_diff(c, m.kind),
+            "prompts: higher / lower": (f"{c['n_a_higher']} / {c['n_b_higher']} of {c['n']}" if "n_a_higher" in c
+                                        else f"pooled over {c['n']}"),
+            "reading": {"better": f"{a_label} better", "worse": f"{a_label} worse", "unclear": "not separable",
+                        "": "no better direction"}[verdict(c, m.better)],
+        })
+    return pd.DataFrame(out, columns=["prompt set", "metric", f"{a_label} − {b_label} [95% CI]",
+                                      "prompts: higher / lower", "reading"])
