@@ -24,6 +24,7 @@ from sftlab.notebooks import (
     SKIP_TAG,
     badge_block,
     badge_line,
+    pdf_link_line,
     cell_options,
     chapter_files,
     colab_url,
@@ -49,6 +50,10 @@ format: html
 
 ::: {.content-visible when-format="html"}
 [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sftlab/sftlab/blob/main/notebooks/01-background.ipynb)
+:::
+
+::: {.content-visible when-format="pdf"}
+This chapter runs as a notebook in Colab: <https://colab.research.google.com/github/sftlab/sftlab/blob/main/notebooks/01-background.ipynb>
 :::
 
 ## Why fine-tune? {#sec-why}
@@ -101,7 +106,7 @@ def book(tmp_path):
 
 
 def convert(text=CHAPTER, stem="01-background"):
-    return qmd_to_notebook(text, stem=stem, url=URL, drop_lines=[badge_line(stem, ROOT)])
+    return qmd_to_notebook(text, stem=stem, url=URL, drop_lines=[badge_line(stem, ROOT), pdf_link_line(stem, ROOT)])
 
 
 # -----------------------------------------------------------------------------
@@ -257,7 +262,8 @@ def test_colab_url_and_badge_come_from_quarto_yml(book):
         "(https://colab.research.google.com/github/sftlab/sftlab/blob/main/notebooks/index.ipynb)"
     )
     assert badge_block("index", book) == (
-        '::: {.content-visible when-format="html"}\n' + badge_line("index", book) + "\n:::"
+        '::: {.content-visible when-format="html"}\n' + badge_line("index", book) + "\n:::\n\n"
+        + '::: {.content-visible when-format="pdf"}\n' + pdf_link_line("index", book) + "\n:::"
     )
     config = (book / "_quarto.yml").read_text().replace(URL, "https://github.com/someone/fork.git")
     (book / "_quarto.yml").write_text(config)

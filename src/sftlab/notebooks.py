@@ -33,6 +33,7 @@ COLAB_BADGE_SVG = "https://colab.research.google.com/assets/colab-badge.svg"
 # The badge is a remote SVG: fine in HTML, but a PDF build would have to download and
 # convert it, so chapters show it in HTML only (Quarto's documented conditional content).
 HTML_ONLY = '::: {.content-visible when-format="html"}'
+PDF_ONLY = '::: {.content-visible when-format="pdf"}'
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
 # Quarto cell options that change how nbclient runs a cell, as nbclient's own cell tags.
@@ -101,9 +102,15 @@ def badge_line(chapter_stem: str, root: Path | None = None) -> str:
     return f"[![Open in Colab]({COLAB_BADGE_SVG})]({colab_url(chapter_stem, root)})"
 
 
+def pdf_link_line(chapter_stem: str, root: Path | None = None) -> str:
+    """The PDF's version of the badge: the Colab link written out, since a printed badge cannot be clicked."""
+    return f"This chapter runs as a notebook in Colab: <{colab_url(chapter_stem, root)}>"
+
+
 def badge_block(chapter_stem: str, root: Path | None = None) -> str:
-    """What each chapter carries near its top: its badge line, shown in HTML only."""
-    return f"{HTML_ONLY}\n{badge_line(chapter_stem, root)}\n:::"
+    """What each chapter carries near its top: its badge line in HTML, its Colab link written out in the PDF."""
+    return (f"{HTML_ONLY}\n{badge_line(chapter_stem, root)}\n:::\n\n"
+            f"{PDF_ONLY}\n{pdf_link_line(chapter_stem, root)}\n:::")
 
 
 def chapter_files(root: Path | None = None) -> list[Path]:
@@ -308,7 +315,7 @@ def chapter_notebook(path: Path, root: Path | None = None):
         stem=path.stem,
         url=repo_url(root),
         branch=repo_branch(root),
-        drop_lines=[badge_line(path.stem, root)],
+        drop_lines=[badge_line(path.stem, root), pdf_link_line(path.stem, root)],
     )
 
 

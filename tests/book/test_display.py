@@ -50,3 +50,39 @@ def test_show_table_html_and_markdown_show_the_same_cells(monkeypatch):
                          ["y", "–", "–", "–"], ["z", "3", "0.12", "a & b"]]
     assert "&lt;bos&gt;" in bundle["text/html"] and "\\<bos\\>" in bundle["text/markdown"]
     assert bundle["text/markdown"].splitlines()[1] == "|:---|---:|---:|:---|"
+
+
+def test_charts_draw_offline_with_the_libraries_once_per_page(monkeypatch):
+    import re
+    import sys
+
+    import altair as alt
+    import pandas as pd
+
+    from sftlab.book import display as D
+
+    chart = alt.Chart(pd.DataFrame({"x": [1, 2], "y": [3, 4]})).mark_point().encode(x="x", y="y")
+    monkeypatch.setattr(D, "_BUNDLE_ON_PAGE", False)
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    first, second = D.chart_bundle(chart)["text/html"], D.chart_bundle(chart)["text/html"]
+    for html in (first, second):
+        assert not re.search(r"<script[^>]*\ssrc=", html) and "cdn.jsdelivr" not in html  # nothing remote
+        assert "vegaEmbed(" in html
+    assert "window.vegaEmbed" in first and "window.vegaEmbed" not in second
+    monkeypatch.setitem(sys.modules, "google.colab", object())  # Colab: each output is a page of its own
+    assert "window.vegaEmbed" in D.chart_bundle(chart)["text/html"]
+
+
+def test_a_long_table_is_cut_in_the_pdf_only(monkeypatch):
+    import IPython.display
+
+    import pandas as pd
+
+    from sftlab.book.display import show_table
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda bundle, raw=False: shown.append(bundle))
+    show_table(pd.DataFrame({"n": range(50)}), index=False, pdf_max_rows=10)
+    bundle = shown[0]
+    assert bundle["text/html"].count("<td>") == 50  # every row
+    assert bundle["text/markdown"].count("\n| ") == 10 and "40 more rows" in bundle["text/markdown"]  # 10 rows

@@ -38,6 +38,11 @@ def test_lora_parameter_table_rows_and_memory(tiny_model):
     assert full["train_memory_gb"] == pytest.approx(16 * total / 1e9)
     lora_rows = table[table["target_set"] != "full fine-tuning"]
     assert (lora_rows["train_memory_gb"] < full["train_memory_gb"]).all()
+    # frozen weights in bf16: half the bytes of each frozen weight, nothing else changes
+    frozen = total - lora_rows["trainable"]
+    saved = (lora_rows["train_memory_gb"] - lora_rows["train_memory_bf16_frozen_gb"]) * 1e9
+    assert list(saved) == pytest.approx(list(2 * frozen))
+    assert full["train_memory_bf16_frozen_gb"] == pytest.approx(full["train_memory_gb"])  # nothing frozen
     # doubling the rank doubles the count
     for name in lora.TARGET_SETS:
         rows = lora_rows[lora_rows["target_set"] == name].set_index("rank")["trainable"]

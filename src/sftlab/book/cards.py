@@ -67,11 +67,25 @@ _BOX = ("border:1px solid #ccc;border-radius:6px;padding:6px 8px;margin:0;"
 _TEXT = "white-space:pre-wrap;word-break:break-word;margin:4px 0 0 0;font-family:inherit"
 
 
+PDF_MAX_CHARS = 320  # a printed card: a looping reply takes a few lines, not pages
+PDF_MAX_LINES = 6
+
+
+def pdf_cut(text: str, max_chars: int = PDF_MAX_CHARS, max_lines: int = PDF_MAX_LINES) -> tuple[str, int]:
+    """(shown, characters hidden) for the PDF: at most `max_lines` lines and about `max_chars` characters."""
+    lines = (text or "").split("\n")
+    kept = "\n".join(lines[:max_lines])
+    shown, _ = truncate(kept, max_chars)
+    return shown, len(text or "") - len(shown)
+
+
 def comparison_card(sample: dict, systems=None, max_chars: int | None = 700) -> tuple[str, str, str]:
     """(html, latex, plain) of one prompt and every system's reply, side by side.
 
     Text is escaped (replies may contain HTML or LaTeX), each reply says whether it
-    stopped or hit the token limit, and long replies are cut with a visible note.
+    stopped or hit the token limit, and long replies are cut with a visible note: after
+    `max_chars` characters in HTML, after `PDF_MAX_LINES` lines or `PDF_MAX_CHARS` characters
+    in the PDF, where a reply that loops would otherwise fill pages.
     """
 
     systems = [s for s in (systems or SYSTEMS) if s in sample["replies"]]
@@ -79,6 +93,10 @@ def comparison_card(sample: dict, systems=None, max_chars: int | None = 700) -> 
 
     def cut(text):
         shown, hidden = truncate(text or "", max_chars)
+        return shown, (f"[… {hidden:,} more characters not shown]" if hidden else "")
+
+    def tex_cut(text):
+        shown, hidden = pdf_cut(text or "")
         return shown, (f"[… {hidden:,} more characters not shown]" if hidden else "")
 
     # --- prompt
@@ -91,8 +109,9 @@ def comparison_card(sample: dict, systems=None, max_chars: int | None = 700) -> 
         shown, note = cut(m["content"])
         h.append(f'<div style="{_TEXT}"><i>{_html.escape(m["role"])}:</i> {_html.escape(shown)}'
                  + (f' <span style="color:#a00">{_html.escape(note)}</span>' if note else "") + "</div>")
-        tex.append(r"\noindent\emph{" + latex_escape(m["role"]) + ":} " + _latex_text(shown)
-                   + (r" \emph{" + latex_escape(note) + "}" if note else "") + r"\par")
+        tshown, tnote = tex_cut(m["content"])
+        tex.append(r"\noindent\emph{" + latex_escape(m["role"]) + ":} " + _latex_text(tshown)
+                   + (r" \emph{" + latex_escape(tnote) + "}" if tnote else "") + r"\par")
         plain.append(f"{m['role']}: {shown} {note}".rstrip())
     if checks:
         h.append(f'<div style="{_TEXT}"><i>checks:</i> {_html.escape(", ".join(checks))}</div>')
@@ -122,9 +141,10 @@ def comparison_card(sample: dict, systems=None, max_chars: int | None = 700) -> 
             + (f'<div style="color:#a00;font-size:0.9em">{_html.escape(note)}</div>' if note else "")
             + "</div>"
         )
+        tshown, tnote = tex_cut(reply.get("text", ""))
         tex.append(r"\par\medskip\noindent\textbf{" + latex_escape(name) + r"} --- \emph{" + latex_escape(status)
-                   + r"}\par\noindent{\small " + (_latex_text(shown) if shown.strip() else r"\emph{(empty reply)}")
-                   + (r" \emph{" + latex_escape(note) + "}" if note else "") + r"}\par")
+                   + r"}\par\noindent{\small " + (_latex_text(tshown) if tshown.strip() else r"\emph{(empty reply)}")
+                   + (r" \emph{" + latex_escape(tnote) + "}" if tnote else "") + r"}\par")
         plain.append(f"--- {name}: {status}\n{shown}\n{note}".rstrip())
     h.append("</div>")
     return ("".join(h), "\n".join(tex) + "\n\\medskip\n", "\n".join(plain))

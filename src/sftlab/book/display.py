@@ -3,8 +3,9 @@
 Quarto picks one MIME type per output: `text/html` for HTML, and for PDF the first of
 markdown, SVG, PNG, JPEG, LaTeX (quarto-cli `displayDataMimeType`). Altair's own output is
 HTML that loads Vega from a CDN, which a PDF cannot use. So `show_chart` displays one
-bundle holding the interactive chart as `text/html` and a static PNG rendered by vl-convert
-as `image/png`: each output takes the one it can show. Tables go as HTML plus a Markdown
+bundle holding the interactive chart as `text/html` (drawn with the Vega libraries that
+vl-convert ships, put into the page with its first chart: no CDN) and a static PNG rendered
+by vl-convert as `image/png`: each output takes the one it can show. Tables go as HTML plus a Markdown
 pipe table, rich text (coloured tokens, reply cards) as `text/html` plus `text/latex`.
 Every chapter displays its outputs through these functions.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import html as _html
 import numbers
+from functools import lru_cache
 
 from .formatting import fmt_cell, md_escape
 
@@ -28,10 +30,45 @@ def chart_png(chart) -> bytes:
     return vlc.vegalite_to_png(chart.to_json(), scale=PNG_SCALE)
 
 
+_BUNDLE_ON_PAGE = False  # this kernel's page already holds the vega libraries (see chart_html)
+
+
+@lru_cache(maxsize=1)
+def vega_bundle() -> str:
+    """Vega, Vega-Lite and vega-embed in one script (vl-convert ships them), matching Altair's Vega-Lite
+    version where vl-convert has it: the charts need no CDN, so the book works offline and saved."""
+    import altair as alt
+    import vl_convert as vlc
+
+    wanted = ".".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
+    known = vlc.get_vegalite_versions() if hasattr(vlc, "get_vegalite_versions") else []
+    return vlc.javascript_bundle(vl_version=wanted if wanted in known else None)
+
+
+def chart_html(chart, *, with_bundle: bool) -> str:
+    """The chart as HTML that draws it with the local vega bundle (`vega_bundle`): a div and a script
+    calling `vegaEmbed`; `with_bundle` puts the libraries in front of it (once per page is enough)."""
+    import uuid
+
+    target = f"sftlab-chart-{uuid.uuid4().hex[:12]}"
+    spec = chart.to_json(indent=None).replace("</", "<\\/")  # a spec string must not close the script
+    html = f'<div id="{target}"></div>'
+    if with_bundle:
+        html += f'<script type="text/javascript">{vega_bundle()}</script>'
+    return html + (f'<script type="text/javascript">vegaEmbed("#{target}", {spec}, {{"mode": "vega-lite"}})'
+                   f'.catch(console.error);</script>')
+
+
 def chart_bundle(chart) -> dict:
-    """The MIME bundle `show_chart` displays: interactive HTML and a static PNG."""
+    """The MIME bundle `show_chart` displays: interactive HTML (libraries included with the page's first
+    chart; with every chart in Colab, which shows each output in a frame of its own) and a static PNG."""
+    import sys
+
+    global _BUNDLE_ON_PAGE
+    with_bundle = not _BUNDLE_ON_PAGE or "google.colab" in sys.modules
+    _BUNDLE_ON_PAGE = True
     return {
-        "text/html": chart.to_html(fullhtml=False),
+        "text/html": chart_html(chart, with_bundle=with_bundle),
         "image/png": chart_png(chart),
         "text/plain": f"<{type(chart).__name__}: interactive in HTML, PNG in PDF>",
     }
@@ -99,17 +136,25 @@ def markdown_table(frame, index: bool = True, digits: int = 2, digits_by_column:
     return "\n".join(lines)
 
 
-def show_table(frame, index: bool = True, *, digits: int = 2, digits_by_column: dict | None = None) -> None:
+def show_table(frame, index: bool = True, *, digits: int = 2, digits_by_column: dict | None = None,
+               pdf_max_rows: int | None = None) -> None:
     """Display a table: HTML for the site and notebooks, a Markdown pipe table for the PDF.
 
-    Both show the same cells (`table_cells`); text is escaped, so "<bos>" stays visible.
+    Both show the same cells (`table_cells`); text is escaped, so "<bos>" stays visible. With
+    `pdf_max_rows`, the PDF's table stops after that many rows and says how many more the HTML
+    version has (a long token-by-token table would otherwise run over pages).
     """
     from IPython.display import display
 
     cells, _ = table_cells(frame, index, digits, digits_by_column)
     html = cells.to_html(index=False, escape=True, border=0, classes="table table-sm")
-    display({"text/html": html, "text/markdown": markdown_table(frame, index, digits, digits_by_column),
-             "text/plain": cells.to_string(index=False)}, raw=True)
+    markdown = markdown_table(frame, index, digits, digits_by_column)
+    if pdf_max_rows is not None and len(frame) > pdf_max_rows:
+        lines = markdown.split("\n")
+        hidden = len(frame) - pdf_max_rows
+        markdown = "\n".join(lines[: 2 + pdf_max_rows]) + (
+            f"\n\n*{hidden:,} more rows: the HTML version of this book shows the whole table.*")
+    display({"text/html": html, "text/markdown": markdown, "text/plain": cells.to_string(index=False)}, raw=True)
 
 
 def show_markdown(text: str) -> None:

@@ -124,10 +124,28 @@ def fmt_cell(value, digits: int) -> str:
     return str(value)
 
 
+# Characters the PDF's font (Latin Modern, xelatex) has glyphs for: Latin scripts and common
+# punctuation. Anything else (a base model's looping Korean or Chinese, emoji) would print as
+# blank space, so `latex_escape` writes a visible note in its place.
+_PDF_UNSUPPORTED = r"[^\u0000-\u024f\u2010-\u2027\u2030-\u205e\u20ac\u2122]"
+_UNSUPPORTED_RUN = re.compile(rf"{_PDF_UNSUPPORTED}+(?:\s+{_PDF_UNSUPPORTED}+)*")
+
+
 def latex_escape(text: str) -> str:
-    """Escape text for LaTeX (used for the PDF version of rich HTML output)."""
+    """Escape text for LaTeX (used for the PDF version of rich HTML output).
+
+    A run of characters the PDF font cannot show becomes a visible note saying how many
+    were left out: "天气很好" -> "[4 characters in another script]".
+    """
     table = {
         "\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "#": r"\#",
         "%": r"\%", "_": r"\_", "^": r"\^{}", "~": r"\~{}", "<": r"\textless{}", ">": r"\textgreater{}",
     }
-    return "".join(table.get(c, c) for c in text)
+    out, pos = [], 0
+    for match in _UNSUPPORTED_RUN.finditer(text):
+        out.append("".join(table.get(c, c) for c in text[pos:match.start()]))
+        n = sum(not c.isspace() for c in match.group())
+        out.append(rf"\textit{{[{n} character{'s' if n != 1 else ''} in another script]}}")
+        pos = match.end()
+    out.append("".join(table.get(c, c) for c in text[pos:]))
+    return "".join(out)

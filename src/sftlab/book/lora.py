@@ -23,6 +23,7 @@ BYTES_PER_TRAINED_PARAM = 16  # fp32 weight 4 + gradient 4 + Adam's two moments 
 
 
 BYTES_PER_FROZEN_PARAM = 4  # fp32 weight only: no gradient, no optimizer state
+BYTES_PER_FROZEN_BF16 = 2  # the frozen weight stored in bf16 (cast once), as a bf16-weights recipe would
 
 
 def target_linears(model, target_modules) -> list[tuple[str, int, int]]:
@@ -58,7 +59,8 @@ def lora_parameter_table(model, ranks=(4, 8, 16, 32, 64), target_sets: dict | No
     Columns: target_set, rank, trainable, share_pct (of the model's parameters),
     adapter_mb (the fp32 adapter file), trained_state_mb (16 bytes per trained parameter:
     weight, gradient, two Adam moments), train_memory_gb (frozen fp32 weights at 4 bytes +
-    trained state; activations excluded, they depend on batch and length).
+    trained state; activations excluded, they depend on batch and length), train_memory_bf16_frozen_gb
+    (the same with the frozen weights stored in bf16, 2 bytes each).
     The last row is full fine-tuning: every parameter trained (its rank is empty).
     `highlight=(rank, target_set)` adds a `note` column marking that row ("◀ this project").
     """
@@ -79,6 +81,7 @@ def lora_parameter_table(model, ranks=(4, 8, 16, 32, 64), target_sets: dict | No
     frame["trained_state_mb"] = frame["trainable"] * BYTES_PER_TRAINED_PARAM / 1e6
     frozen = (total - frame["trainable"]).clip(lower=0)
     frame["train_memory_gb"] = (frozen * BYTES_PER_FROZEN_PARAM + frame["trainable"] * BYTES_PER_TRAINED_PARAM) / 1e9
+    frame["train_memory_bf16_frozen_gb"] = (frozen * BYTES_PER_FROZEN_BF16 + frame["trainable"] * BYTES_PER_TRAINED_PARAM) / 1e9
     if highlight is not None:
         frame["note"] = ["◀ this project" if i == setting_index(frame, highlight) else "" for i in frame.index]
     return frame

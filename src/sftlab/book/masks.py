@@ -135,7 +135,9 @@ def show_objectives(tokenizer, messages: list[dict]) -> None:
             + mask_html(tokenizer, encoded, targets, objective=objective)
             + "</div>"
         )
-        latex += r"\paragraph{" + latex_escape(title) + "}" + mask_latex(tokenizer, encoded, targets, objective=objective)
+        # a bold line, not a \paragraph: a sectioning command would be numbered ("1.3.0.0.1") in the PDF
+        latex += (r"\par\medskip\noindent\textbf{" + latex_escape(title) + r"}\par\nopagebreak "
+                  + mask_latex(tokenizer, encoded, targets, objective=objective))
     html += "</div>"
     show_rich(html, latex, "\n\n".join(f"{t}:\n{mask_plain(tokenizer, encoded, g)}" for t, g, _ in panels))
 

@@ -516,3 +516,54 @@ def run_difference_sentence(rows: list[dict], a_label: str, b_label: str) -> str
 
     return (f"Prompt by prompt, {a_label} against {b_label}: better on {names(parts['better'])}; worse on "
             f"{names(parts['worse'])}; not separable on {names(parts['unclear'])}.")
+
+
+def run_pointer(results: Results) -> str:
+    """One line for a chapter: which run its numbers come from, pointing at the preface's full note
+    (said once there, not repeated), and a warning if the recipe changed since the run."""
+    text = (f"The numbers in this chapter come from the run `results/{results.name}/`, described in "
+            "@sec-which-run.")
+    if results.stale:
+        text += (f" **Warning:** `configs/{results.name}.yaml` changed after this run; re-run "
+                 f"`sftlab run configs/{results.name}.yaml` to bring the book up to date.")
+    return text
+
+
+def _counted_verdicts(results: Results, a: str, b: str) -> dict:
+    parts = {"better": [], "worse": [], "unclear": []}
+    for set_ in ("loss", "heldout", "ifeval", "multiturn"):
+        t = tally(results, a, b, set_)
+        for k in parts:
+            parts[k] += t[k]
+    return parts
+
+
+def glance_sentence(results: Results, a: str = "sft", b: str = "base_chat") -> str:
+    """The preface's verdict in one line: how many metrics training moved, each way (details in chapter 6)."""
+    parts = _counted_verdicts(results, a, b)
+    n = sum(len(v) for v in parts.values())
+    if not n:
+        return f"This run did not evaluate both {label(a)} and {label(b)}."
+    return (f"Against {label(b)}, **{label(a)}** is better on {len(parts['better'])} of the {n} metrics that "
+            f"have a better direction, worse on {len(parts['worse'])} and not separable on "
+            f"{len(parts['unclear'])}, by paired 95% intervals; @sec-eval-results names them.")
+
+
+def largest_changes(results: Results, a: str = "sft", b: str = "base_chat", k: int = 2) -> str:
+    """The `k` largest rate changes in each direction (better, worse) from the paired comparisons, in words."""
+    from ..stats import verdict
+
+    rows = []
+    for c in results.metrics.get("comparisons") or []:
+        if c["a"] != a or c["b"] != b:
+            continue
+        m = metric_spec(c["metric"], c["set"])
+        v = verdict(c, m.better)
+        if m.kind == "rate" and v in ("better", "worse"):
+            rows.append((v, abs(c["difference"]), f"{m.label} ({fmt_diff(c, m.kind)})"))
+    best = [t for v, _, t in sorted((r for r in rows if r[0] == "better"), key=lambda r: -r[1])[:k]]
+    worst = [t for v, _, t in sorted((r for r in rows if r[0] == "worse"), key=lambda r: -r[1])[:k]]
+    if not best and not worst:
+        return f"No rate separates {label(a)} from {label(b)} in this run."
+    return (f"{label(a)} against {label(b)}: the largest gains are " + ("; ".join(best) or "none")
+            + ", the largest losses " + ("; ".join(worst) or "none") + ".")
