@@ -4,6 +4,9 @@
   sftlab run FILE             train and evaluate; write results/NAME/
   sftlab rescore DIR [--model] recompute a run's metrics from its samples.jsonl (--model: the loss too)
   sftlab compare DIR_A DIR_B  does run B's every metric lie inside run A's 95% interval?
+  sftlab card DIR             write the adapter's model card (adapter/README.md)
+  sftlab chat DIR [--prompt TEXT]
+                              talk to the run's trained model (streamed; /reset, /exit)
   sftlab notebooks export|execute|badges
                               the chapters as Colab notebooks (see sftlab.notebooks)
 """
@@ -49,6 +52,19 @@ def _cmd_rescore(args) -> int:
     print(f"{args.results_dir}: {len(changed)} metric value(s) changed")
     for key, (before, after) in sorted(changed.items()):
         print(f"  {key}: {before} -> {after}")
+    return 0
+
+
+def _cmd_chat(args) -> int:
+    from .talk import chat
+
+    return chat(args.results_dir, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
+
+
+def _cmd_card(args) -> int:
+    from .modelcard import write_model_card
+
+    print(write_model_card(args.results_dir))
     return 0
 
 
@@ -145,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
                               "the run's base model and adapter: a minute or two, no generation")
     rescore.add_argument("--quiet", action="store_true", help="no progress bars")
     rescore.set_defaults(func=_cmd_rescore)
+    talk = sub.add_parser("chat", help="talk to a run's trained model (base + adapter, merged); /reset, /exit")
+    talk.add_argument("results_dir", help="a finished run folder, e.g. results/default")
+    talk.add_argument("--prompt", help="answer this one message and exit")
+    talk.add_argument("--max-new-tokens", type=int, default=256, help="longest reply in tokens (default 256)")
+    talk.set_defaults(func=_cmd_chat)
+    card = sub.add_parser("card", help="write a finished run's adapter/README.md (model card) and set the adapter's "
+                                       "base model to its Hub id")
+    card.add_argument("results_dir", help="a finished run folder, e.g. results/default")
+    card.set_defaults(func=_cmd_card)
     compare = sub.add_parser("compare", help="compare two runs' metrics: is each of B's values inside A's 95% interval?")
     compare.add_argument("a", help="the reference run folder, e.g. results/default")
     compare.add_argument("b", help="the other run folder, e.g. a re-run from a fresh clone")

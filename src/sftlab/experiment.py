@@ -41,6 +41,7 @@ from .evaluate import (
     continuation_prompt_ids,
     generate_replies,
 )
+from .modelcard import write_model_card
 from .multiturn import load_probes
 from .runinfo import git_commit, hardware, versions
 from .rescore import LOSSES_FILE, annotate_samples, prompt_text, rescore
@@ -432,6 +433,8 @@ def finish(ctx: RunContext, train_stats: dict) -> Path:
                         "eos_token_ids": fmt.eos_token_ids, "pad_token_id": fmt.pad_token_id},
     }
     (work / "run.json").write_text(json.dumps(run, indent=2))
+    if (work / "adapter" / "adapter_config.json").is_file():
+        write_model_card(work)  # adapter/README.md from this run, and the base model as its Hub id
     for leftover in [*work.glob("stage_*.json"), work / "config_hash"]:
         leftover.unlink()
     results_root = ctx.results_root

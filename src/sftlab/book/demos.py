@@ -13,23 +13,15 @@ import html as _html
 import json
 from pathlib import Path
 
-from ..chat import encode_conversation, prepare_model, prepare_tokenizer, render_conversation
+from ..chat import encode_conversation, render_conversation
 from ..evaluate import chat_prompt_ids, generate_replies
+from ..talk import load_base_model, load_sft_model, stop_token_ids  # noqa: F401 (the chapters' names)
 from .display import show_rich
 from .formatting import latex_escape
-from .results import results_dir, run_config
+from .results import results_dir
 
 
 
-def stop_token_ids(tokenizer) -> list[int]:
-    """Tokens that end a reply: `<end_of_turn>` (if the vocabulary has it), then `<eos>`."""
-    ids = []
-    eot = tokenizer.get_vocab().get("<end_of_turn>")
-    if eot is not None:
-        ids.append(eot)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
 
 
 def continue_text(model, tokenizer, text: str, max_new_tokens: int = 40) -> dict:
@@ -148,31 +140,4 @@ def end_of_turn_probability(model, tokenizer, messages: list[dict]):
     return pd.DataFrame(rows)
 
 
-def load_base_model(results: str | Path | None = None):
-    """The run's base model and tokenizer, with the run's chat template, EOS and pad settings."""
-    from ..sources import load_model
 
-    config = run_config(results)
-    model_cfg = config.get("model") or {}
-    model, tokenizer = load_model(model_cfg["base"], dtype=model_cfg.get("dtype", "float32"))
-    fmt = prepare_tokenizer(tokenizer, model_cfg.get("template", "gemma"),
-                            allow_new_tokens=bool(model_cfg.get("allow_new_tokens", False)))
-    prepare_model(model, tokenizer, fmt)
-    model.eval()
-    return model, tokenizer
-
-
-def load_sft_model(results: str | Path | None = None):
-    """Base model + the run's LoRA adapter, merged into plain weights (W + scale * B @ A).
-
-    Merging makes the fine-tuned model an ordinary `Gemma3ForCausalLM` again (same speed as
-    the base, and eager attention works as for the base); the adapter's trained
-    `<end_of_turn>` embedding row is merged into the tied embedding too.
-    """
-    from peft import PeftModel
-
-    path = Path(results) if results is not None else results_dir()
-    model, tokenizer = load_base_model(path)
-    merged = PeftModel.from_pretrained(model, str(path / "adapter")).merge_and_unload()
-    merged.eval()
-    return merged, tokenizer

@@ -1,0 +1,81 @@
+"""`sftlab chat` and the adapter's model card, on a finished tiny run."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from sftlab.errors import ConfigError
+from sftlab.experiment import run_experiment
+
+
+@pytest.fixture()
+def tiny_results(tiny_recipe, tmp_path):
+    return run_experiment(tiny_recipe, results_root=tmp_path / "results", progress=False)
+
+
+def test_one_reply_is_streamed_and_stops(tiny_results):
+    from sftlab.talk import chat
+
+    out = io.StringIO()
+    assert chat(tiny_results, prompt="Hello there", max_new_tokens=5, stdout=out) == 0
+    assert "<end_of_turn>" not in out.getvalue() and out.getvalue().endswith("\n")
+
+
+def test_the_conversation_carries_over_until_reset(tiny_results, monkeypatch):
+    from sftlab import talk
+
+    seen = []
+    real = talk.reply
+
+    def spy(model, tokenizer, messages, **kw):
+        seen.append([m["content"] for m in messages])
+        return real(model, tokenizer, messages, **kw)
+
+    monkeypatch.setattr(talk, "reply", spy)
+    out = io.StringIO()
+    talk.chat(tiny_results, max_new_tokens=3, stdin=io.StringIO("first\nsecond\n/reset\nthird\n/exit\nnever\n"),
+              stdout=out)
+    assert [s[0] for s in seen] == ["first", "first", "third"]  # second turn sees the first; reset forgets it
+    assert len(seen[1]) == 3 and seen[1][2] == "second"
+    assert "(new conversation)" in out.getvalue() and all("never" not in s for s in seen)
+
+
+def test_missing_and_mismatched_adapters_are_named(tiny_results, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from sftlab.talk import load_sft_model
+
+    with pytest.raises(ConfigError, match="not a finished run folder"):
+        load_sft_model(tmp_path / "nowhere")
+    weights = tiny_results / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    name = next(k for k in tensors if "lora_A" in k)
+    tensors[name] = tensors[name][:, :-1].contiguous()  # one input feature short: another base model's shape
+    save_file(tensors, str(weights))
+    with pytest.raises(ConfigError, match="does not fit the run's base model"):
+        load_sft_model(tiny_results)
+    (tiny_results / "adapter" / "adapter_config.json").unlink()
+    with pytest.raises(ConfigError, match="no trained adapter"):
+        load_sft_model(tiny_results)
+
+
+def test_the_run_writes_a_filled_model_card_without_machine_paths(tiny_results):
+    card = (tiny_results / "adapter" / "README.md").read_text()
+    config = json.loads((tiny_results / "adapter" / "adapter_config.json").read_text())
+    assert "[More Information Needed]" not in card and "/tmp/" not in card and "/root/" not in card
+    assert not config["base_model_name_or_path"].startswith("/")
+    assert "merge_and_unload()" in card and "held-out loss" in card
+
+
+@pytest.mark.slow
+def test_the_committed_adapter_card_names_the_hub_model():
+    from pathlib import Path
+
+    adapter = Path(__file__).resolve().parents[1] / "results" / "default" / "adapter"
+    card = (adapter / "README.md").read_text()
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert "[More Information Needed]" not in card and "/root/" not in card and "/home/" not in card
+    assert config["base_model_name_or_path"] == "google/gemma-3-270m" and "base_model: google/gemma-3-270m" in card
