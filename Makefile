@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/default.yaml
 RESULTS := results/default/metrics.json
 
-.PHONY: all install test test-fast data experiment notebooks check-notebooks execute-notebooks book bench clean
+.PHONY: all install test test-fast data experiment notebooks check-notebooks execute-notebooks book preview bench clean
 
 all: install $(RESULTS) notebooks book
 
@@ -53,17 +53,40 @@ check-notebooks: install
 execute-notebooks: notebooks
 	$(VENV)/bin/sftlab notebooks execute
 
+# The book: HTML first (a failed PDF still leaves the site), then the PDF. Quarto and a LaTeX are
+# fetched when missing and fetchable (quarto-cli from PyPI downloads Quarto; `quarto install tinytex`
+# downloads TinyTeX); where they cannot be had (no network), say so plainly and exit non-zero.
+QUARTO = $(shell command -v quarto 2>/dev/null || echo $(VENV)/bin/quarto)
+
 book: install
-	@if command -v quarto >/dev/null 2>&1; then \
-		quarto render; \
-	else \
+	@if [ ! -x "$(QUARTO)" ]; then \
+		echo "Quarto is not installed: trying 'pip install quarto-cli' into $(VENV) ..."; \
+		$(PY) -m pip install --quiet 'quarto-cli>=1.5' || echo "pip could not install quarto-cli (see above)."; \
+	fi
+	@if [ ! -x "$(QUARTO)" ] && [ ! -x $(VENV)/bin/quarto ]; then \
 		echo ""; \
 		echo "Quarto is not installed, so the book was not rendered."; \
 		echo "Everything else is done (install, experiment results, notebooks)."; \
 		echo "Install Quarto from https://quarto.org/docs/get-started/ (or: pip install quarto-cli),"; \
-		echo "then run 'make book' (HTML + PDF into _book/) or 'quarto preview' for a live site."; \
+		echo "then run 'make book' (HTML + PDF into _book/) or 'make preview' for a live site."; \
 		exit 1; \
 	fi
+	@Q=$$(command -v quarto 2>/dev/null || echo $(VENV)/bin/quarto); \
+	$$Q render --to html || exit 1; \
+	if ! command -v xelatex >/dev/null 2>&1 && ! $$Q list tools 2>/dev/null | grep -qi 'tinytex.*installed'; then \
+		echo "No LaTeX found for the PDF: trying 'quarto install tinytex' ..."; \
+		$$Q install tinytex --no-prompt || { \
+			echo ""; \
+			echo "The HTML book is in _book/; the PDF needs a LaTeX: 'quarto install tinytex', or on Debian/Ubuntu"; \
+			echo "'apt install texlive-xetex texlive-fonts-recommended texlive-fonts-extra' (fontawesome5 for the callouts)."; \
+			exit 1; }; \
+	fi; \
+	$$Q render --to pdf
+
+preview: install
+	@Q=$$(command -v quarto 2>/dev/null || echo $(VENV)/bin/quarto); \
+	[ -x "$$Q" ] || { echo "Quarto is not installed: run 'make book' once, or install it from https://quarto.org"; exit 1; }; \
+	$$Q preview
 
 bench: install
 	$(PY) benchmarks/bench.py
