@@ -27,6 +27,7 @@ from sftlab.notebooks import (
     pdf_link_line,
     cell_options,
     chapter_files,
+    chapter_notebook,
     colab_url,
     export_notebooks,
     execute_notebook,
@@ -91,6 +92,31 @@ Closing words.
 """
 
 
+# A bibliography for throwaway books: CHAPTER's key and two more.
+TINY_BIB = """\
+@article{hu2021lora,
+  title   = {{LoRA}: Low-Rank Adaptation of Large Language Models},
+  author  = {Hu, Edward J. and Shen, Yelong},
+  journal = {arXiv preprint arXiv:2106.09685},
+  year    = {2021}
+}
+
+@book{smith2020alpha,
+  title     = {Alpha Methods},
+  author    = {Smith, Jane},
+  publisher = {Example Press},
+  year      = {2020}
+}
+
+@misc{doe2019beta,
+  title  = {Beta Software},
+  author = {Doe, John and Roe, Richard},
+  year   = {2019},
+  url    = {https://example.org/beta}
+}
+"""
+
+
 def make_book(folder: Path, chapters: dict[str, str]) -> Path:
     """A throwaway book: the real _quarto.yml plus the given chapters/NAME.qmd files."""
     shutil.copy(ROOT / "_quarto.yml", folder / "_quarto.yml")
@@ -102,6 +128,7 @@ def make_book(folder: Path, chapters: dict[str, str]) -> Path:
 
 @pytest.fixture()
 def book(tmp_path):
+    (tmp_path / "references.bib").write_text(TINY_BIB, encoding="utf-8")
     return make_book(tmp_path, {"01-background": CHAPTER, "references": "# References {.unnumbered}\n"})
 
 
@@ -435,3 +462,158 @@ def test_every_chapter_notebook_executes_without_error(tmp_path):
     results = execute_notebooks(sorted(tmp_path.glob("*.ipynb")), ROOT, timeout=900)
     failures = {name: str(result) for name, result in results.items() if isinstance(result, Exception)}
     assert not failures, "\n\n".join(failures.values())
+
+
+# -----------------------------------------------------------------------------
+# Citations and cross-references, resolved for Colab readers
+
+CITING = """\
+# Methods {#sec-methods}
+
+Alpha is old [@smith2020alpha], and beta builds on it [@smith2020alpha; @doe2019beta, p. 3].
+As @doe2019beta show, it works; write to me@example.org, not to @somebody.
+
+## Details {#sec-details}
+
+A table cell | cites [@hu2021lora] |
+and `[@smith2020alpha]` in inline code stays code.
+
+```python
+@decorator  # a fenced block in markdown: code, kept as written
+def cite(): return "[@smith2020alpha] @sec-details"
+```
+
+```{python}
+#| label: tbl-scores
+#| tbl-cap: "Scores of every system (mean over prompts) on every metric we computed, with intervals and more."
+@functools.cache
+def scores(): return "[@doe2019beta] and @tbl-scores"
+```
+"""
+
+
+def markdown_text(nb) -> str:
+    return "\n\n".join(cell.source for cell in nb.cells if cell.cell_type == "markdown")
+
+
+def test_citations_become_author_year_text_and_a_references_cell(tmp_path, monkeypatch):
+    import subprocess as sp
+
+    book = make_book(tmp_path, {"01-methods": CITING})
+    (book / "references.bib").write_text(TINY_BIB, encoding="utf-8")
+    calls, run = [], sp.run
+    monkeypatch.setattr(sp, "run", lambda cmd, **kw: calls.append(cmd) or run(cmd, **kw))
+    nb = chapter_notebook(book / "chapters" / "01-methods.qmd", book)
+    assert len(calls) == 1 and "--citeproc" in calls[0]  # one pandoc call for the whole notebook
+    text = markdown_text(nb)
+    assert "Alpha is old (Smith 2020), and beta builds on it (Smith 2020; Doe and Roe 2019, 3)." in text
+    assert "As Doe and Roe (2019) show, it works; write to me@example.org, not to @somebody." in text
+    assert "A table cell | cites (Hu and Shen 2021) |" in text  # no markdown rewritten around it
+    assert "and `[@smith2020alpha]` in inline code stays code." in text
+    assert 'return "[@smith2020alpha] @sec-details"' in text  # fenced code inside markdown
+    last = nb.cells[-1]
+    assert last.cell_type == "markdown" and last.source.startswith("## References\n\n")
+    entries = last.source.split("\n\n")[1:]
+    assert [entry.split(",")[0] for entry in entries] == ["Doe", "Hu", "Smith"]  # cited works only, sorted
+    assert "*Alpha Methods*" in last.source and "<https://example.org/beta>" in last.source
+    assert ":::" not in last.source and "{." not in last.source
+    nbformat.validate(nb)
+    again = chapter_notebook(book / "chapters" / "01-methods.qmd", book)
+    assert nbformat.writes(again) == nbformat.writes(nb)  # deterministic
+
+
+def test_unknown_citation_keys_and_labels_are_reported_not_left_raw(tmp_path):
+    from sftlab.notebooks import UnresolvedReferenceWarning
+
+    chapter = "# A {#sec-a}\n\nSee [@nosuchkey2000] and @tbl-missing, [@fig-gone] and @sec-nowhere.\n"
+    book = make_book(tmp_path, {"01-a": chapter})
+    (book / "references.bib").write_text(TINY_BIB, encoding="utf-8")
+    with pytest.warns(UnresolvedReferenceWarning) as caught:
+        export_notebooks(book)
+    message = str(caught[0].message)
+    assert "4 unresolved reference(s)" in message
+    for problem in ("citation key nosuchkey2000", "no table labelled tbl-missing",
+                    "no figure labelled fig-gone", "no section labelled sec-nowhere"):
+        assert f"01-a: {problem}" in message
+    text = markdown_text(nbformat.read(book / "notebooks" / "01-a.ipynb", as_version=4))
+    assert "the table tbl-missing, the figure fig-gone and the section sec-nowhere." in text
+    assert "[@" not in text and "@tbl-" not in text and "@fig-" not in text and "@sec-" not in text
+
+
+CROSSREF_BOOK = {
+    "01-first": """\
+# First steps {#sec-first}
+
+## The data {#sec-first-data}
+
+```{python}
+#| label: fig-curve
+#| fig-cap: "Training loss per step (points) and its running mean (line); the dotted line marks each epoch."
+plot()
+```
+
+: Every change for the conversational format, and the pitfall each avoids. {#tbl-changes}
+""",
+    "02-second": """\
+# Second steps {#sec-second}
+
+@sec-first explains it; see @sec-first-data and @fig-curve (@tbl-changes in @sec-first).
+This chapter is @sec-second and its part is in @sec-here, -@sec-here for short.
+@tbl-local lists them, [@fig-curve; @tbl-local] agree, [Figure @fig-curve] too.
+
+## Here {#sec-here}
+
+```{python}
+#| label: tbl-local
+#| tbl-cap: "Local numbers."
+print("@sec-first stays in code")
+```
+""",
+}
+
+
+def test_cross_references_become_headings_and_captions(tmp_path):
+    book = make_book(tmp_path, CROSSREF_BOOK)
+    export_notebooks(book)
+    first = nbformat.read(book / "notebooks" / "01-first.ipynb", as_version=4)
+    assert "Table: Every change for the conversational format, and the pitfall each avoids." in markdown_text(first)
+    assert "{#tbl-changes}" not in markdown_text(first)
+    second = nbformat.read(book / "notebooks" / "02-second.ipynb", as_version=4)
+    text = markdown_text(second)
+    assert (
+        'Chapter 1, "First steps" explains it; see the section "The data" in chapter 1 and the figure '
+        '"Training loss per step and its running mean…" in chapter 1 (the table "Every change for the '
+        'conversational format, and the pitfall each avoids" in chapter 1, "First steps").'
+    ) in text
+    assert 'This chapter is this chapter and its part is in the section "Here", "Here" for short.' in text
+    assert 'The table "Local numbers" lists them, the figure "Training loss per step and its running mean…" in chapter 1; ' \
+        'the table "Local numbers" agree, Figure "Training loss per step and its running mean…" in chapter 1 too.' in text
+    assert not re.search(r"@(sec|tbl|fig)-", text)
+    code = [cell.source for cell in second.cells if cell.cell_type == "code"]
+    assert code[-1].endswith('print("@sec-first stays in code")')
+    assert all("References" not in cell.source for cell in second.cells)  # nothing cited, no bibliography cell
+
+
+def test_code_cells_keep_their_at_signs(tmp_path):
+    book = make_book(tmp_path, {"01-methods": CITING})
+    (book / "references.bib").write_text(TINY_BIB, encoding="utf-8")
+    nb = chapter_notebook(book / "chapters" / "01-methods.qmd", book)
+    code = [cell.source for cell in nb.cells[1:] if cell.cell_type == "code"]
+    assert code == [CITING.split("```{python}\n")[1].split("\n```")[0]]
+    assert "@functools.cache" in code[0] and '"[@doe2019beta] and @tbl-scores"' in code[0]
+
+
+@needs_chapters
+def test_committed_notebooks_have_no_raw_citations_or_cross_references():
+    bib = set(bib_keys())
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type != "markdown":
+                continue
+            raw = re.findall(r"\[@|-?@(?:fig|tbl|sec)-[\w-]+", cell.source)
+            raw += [f"@{key}" for key in re.findall(r"(?<![\w.@/])@([\w:.-]*\w)", cell.source) if key in bib]
+            assert not raw, f"{path.name}: {raw} in a markdown cell"
+        chapter = ROOT / nb.metadata.sftlab.source
+        if cited_keys(chapter.read_text(encoding="utf-8")):  # a chapter that cites ends with its references
+            assert nb.cells[-1].source.startswith("## References\n\n"), path.name
