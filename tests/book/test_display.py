@@ -65,9 +65,9 @@ def test_charts_draw_offline_with_the_libraries_once_per_page(monkeypatch):
     monkeypatch.setattr(D, "_BUNDLE_ON_PAGE", False)
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
     first, second = D.chart_bundle(chart)["text/html"], D.chart_bundle(chart)["text/html"]
-    for html in (first, second):
-        assert not re.search(r"<script[^>]*\ssrc=", html) and "cdn.jsdelivr" not in html  # nothing remote
-        assert "vegaEmbed(" in html
+    for page in (first, second):
+        assert not re.search(r"<script[^>]*\ssrc=", page) and "cdn.jsdelivr" not in page  # nothing remote
+        assert "vegaEmbed(" in page
     assert "window.vegaEmbed" in first and "window.vegaEmbed" not in second
     monkeypatch.setitem(sys.modules, "google.colab", object())  # Colab: each output is a page of its own
     assert "window.vegaEmbed" in D.chart_bundle(chart)["text/html"]
@@ -75,7 +75,6 @@ def test_charts_draw_offline_with_the_libraries_once_per_page(monkeypatch):
 
 def test_a_long_table_is_cut_in_the_pdf_only(monkeypatch):
     import IPython.display
-
     import pandas as pd
 
     from sftlab.book.display import show_table

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sftlab.book import charts, prose, tables
+from sftlab.book import charts, prose, tables, verdicts
 from sftlab.book.results import comparison
 
 
@@ -47,7 +47,7 @@ def test_sentences_come_from_the_numbers(tiny_run):
     counts = tiny_run.metrics["systems"]["sft"]["heldout"]["categories"]
     assert prose.category_sentence(tiny_run, "sft").startswith(f"Of LoRA SFT's {sum(counts.values())} replies")
     assert "Prompt-level accuracy, counting only what each reply wrote itself" in prose.ifeval_sentence(tiny_run)
-    assert "tell the two apart" in prose.tally_sentence(tiny_run) or "separable" in prose.tally_sentence(tiny_run)
+    assert "tell the two apart" in verdicts.tally_sentence(tiny_run) or "separable" in verdicts.tally_sentence(tiny_run)
 
 
 def test_published_scores_carry_their_source_and_the_caveat(tiny_run):
@@ -76,4 +76,4 @@ def test_new_charts_build(tiny_run, build):
 
 def test_old_runs_without_comparisons_fall_back_to_interval_overlap(results):
     # The hand-made folder predates paired comparisons: the verdict says so.
-    assert "non-overlapping 95% intervals" in prose.tally_sentence(results)
+    assert "non-overlapping 95% intervals" in verdicts.tally_sentence(results)

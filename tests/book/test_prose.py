@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sftlab.book import prose, tables
+from sftlab.book import prose, tables, verdicts
 
 
 def test_which_run_note_says_when_metrics_were_rescored(results):
@@ -17,20 +17,20 @@ def test_which_run_note_says_when_metrics_were_rescored(results):
 
 
 def test_comparison_direction_comes_from_the_numbers(results):
-    c = prose.compare(results, "stop_rate", "sft", "base_chat")
+    c = verdicts.compare(results, "stop_rate", "sft", "base_chat")
     assert c.direction == "higher" and c.a_better and c.separated
     assert "LoRA SFT is higher (better" in c.sentence() and "do not overlap" in c.sentence()
-    loss = prose.compare(results, "mean_nll", "sft", "base_chat", set="loss")
+    loss = verdicts.compare(results, "mean_nll", "sft", "base_chat", set="loss")
     assert loss.direction == "lower" and loss.a_better
-    overlap = prose.compare(results, "role_leak_rate", "sft", "base_chat")
+    overlap = verdicts.compare(results, "role_leak_rate", "sft", "base_chat")
     assert overlap.direction == "equal" and "same value" in overlap.sentence()
-    tally = prose.tally(results, "sft", "base_chat")
+    tally = verdicts.tally(results, "sft", "base_chat")
     assert "stop rate" in tally["better"] and "ROUGE-L" in tally["unclear"]  # intervals overlap
 
 
 def test_sentences_are_generated_from_the_numbers(results):
-    assert "LoRA SFT is better" in prose.tally_sentence(results)
-    assert "stop rate" in prose.tally_sentence(results).split("worse")[0]
+    assert "LoRA SFT is better" in verdicts.tally_sentence(results)
+    assert "stop rate" in verdicts.tally_sentence(results).split("worse")[0]
     assert "3 held-out prompts" in prose.eval_setup_note(results)
     assert "fell from" in prose.loss_sentence(results)
     assert "With 3 held-out prompts" in prose.precision_note(results)
@@ -40,13 +40,13 @@ def test_sentences_are_generated_from_the_numbers(results):
 
 def test_statistics_without_an_interval_are_not_called_separated(results):
     results.metrics["systems"]["sft"]["heldout"]["bleu"] = {"value": 0.09, "ci": None}  # a corpus statistic
-    tally = prose.tally(results, "sft", "base_chat")
+    tally = verdicts.tally(results, "sft", "base_chat")
     assert "BLEU" in tally["better_no_ci"] and "BLEU" not in tally["better"]
-    assert "without an interval" in prose.tally_sentence(results)
+    assert "without an interval" in verdicts.tally_sentence(results)
 
 
 def test_length_bound_diversity_is_left_out_of_the_verdict(results):
     # distinct-2 over all replies falls with reply length: no verdict is drawn from it
     results.metrics["systems"]["sft"]["heldout"]["distinct_2"]["value"] = 0.9
-    tally = prose.tally(results, "sft", "base_chat")
+    tally = verdicts.tally(results, "sft", "base_chat")
     assert not any("distinct-2" == m for part in tally.values() for m in part)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sftlab.book import catalog, prose, tables
+from sftlab.book import catalog, prose, tables, verdicts
 from sftlab.book import results as results_mod
 
 
@@ -24,8 +24,8 @@ def test_tables_leave_out_systems_the_run_did_not_evaluate(tmp_path, monkeypatch
     assert list(tables.metrics_table(results).columns) == ["LoRA SFT"]
     assert list(tables.ifeval_table(results).columns) == ["n", "LoRA SFT"]
     assert "LoRA SFT" in tables.headline_table(results).columns
-    assert prose.compare(results, "stop_rate", "sft", "base_chat") is None
-    assert prose.findings(results).count("\n- ") == 0  # only the held-out loss has both systems
+    assert verdicts.compare(results, "stop_rate", "sft", "base_chat") is None
+    assert verdicts.findings(results).count("\n- ") == 0  # only the held-out loss has both systems
 
 
 def test_loss_table_reports_loss_and_perplexity(results):

@@ -9,7 +9,8 @@ sees. Chapters import from here and from the core only.
     formatting    numbers and text as the book prints them ("0.175 [0.126, 0.216]", "12.6 min")
     display       show_table / show_markdown / show_chart / show_rich for HTML, PDF and notebooks
     tables        every results table (evaluation, training recipe, run summary, data steps)
-    prose         sentences computed from the numbers (comparisons, verdicts, notes)
+    prose         sentences computed from the numbers (notes, findings, summaries)
+    verdicts      system against system (or run against run) from the paired intervals
     cards         side-by-side reply cards
     charts        every Altair chart
     masks         tokens, templates and loss masks drawn for the reader

@@ -1,0 +1,83 @@
+"""Reading Quarto markdown without Quarto: front matter, ```{python} cells with their `#|`
+options, fenced code, div fences and heading attributes (jupytext reads `.qmd` only through the
+Quarto CLI, which CI machines do not have)."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?\n)?(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.S)
+_PY_CELL = re.compile(r"^(?P<fence>`{3,})\s*\{(?:python3?)(?:[\s,][^}]*)?\}\s*$")
+_OTHER_CELL = re.compile(r"^(?P<fence>`{3,})\s*\{(?P<lang>[A-Za-z][\w-]*)[^}]*\}\s*$")
+_FENCE = re.compile(r"^(?P<fence>`{3,}|~{3,})")
+_DIV = re.compile(r"^:{3,}")
+_HEADING_ATTRS = re.compile(r"^(#{1,6}\s.*?)\s*\{[^{}]*\}\s*$")
+_TABLE_CAPTION = re.compile(r"^:\s+(?P<text>.*?)\s*\{#(?P<label>tbl-[^\s}]+)[^{}]*\}\s*$")
+
+
+def split_front_matter(text: str) -> tuple[dict, str]:
+    """Split a leading YAML block off a .qmd; return (its mapping, the rest)."""
+    match = _FRONT_MATTER.match(text)
+    if not match:
+        return {}, text
+    meta = yaml.safe_load(match.group(1) or "") or {}
+    return (meta if isinstance(meta, dict) else {}), text[match.end() :]
+
+
+def cell_options(source: str) -> dict:
+    """The `#| key: value` options at the top of a code cell, as a mapping.
+
+    >>> cell_options("#| label: fig-loss\\n#| eval: false\\nplot()")
+    {'label': 'fig-loss', 'eval': False}
+    """
+    lines = []
+    for line in source.splitlines():
+        if not line.startswith("#|"):
+            break
+        lines.append(line[2:])
+    try:
+        options = yaml.safe_load("\n".join(_dedent(lines))) if lines else {}
+    except yaml.YAMLError:
+        return {}
+    return options if isinstance(options, dict) else {}
+
+
+def _dedent(lines: list[str]) -> list[str]:
+    indents = [len(line) - len(line.lstrip(" ")) for line in lines if line.strip()]
+    cut = min(indents, default=0)
+    return [line[cut:] for line in lines]
+
+
+def _closes(line: str, fence: str) -> bool:
+    """Whether `line` closes a code fence opened with `fence` (same character, at least
+    as long, nothing after it)."""
+    match = _FENCE.match(line)
+    run = match.group("fence") if match else ""
+    return run[:1] == fence[0] and len(run) >= len(fence) and not line[len(run) :].strip()
+
+
+def _markdown(lines: list[str], drop: set[str]) -> str:
+    """Markdown for Jupyter: Quarto's div fences (`:::`) and heading attributes
+    (`{#sec-x .unnumbered}`) dropped, text kept; lines equal to one in `drop` removed."""
+    out, fence = [], None
+    for line in lines:
+        if fence:  # inside a fenced code block: copy as is
+            fence = None if _closes(line, fence) else fence
+            out.append(line)
+            continue
+        match = _FENCE.match(line)
+        if match:
+            fence = match.group("fence")
+            other = _OTHER_CELL.match(line)
+            out.append(f"{other.group('fence')}{other.group('lang')}" if other else line)
+            continue
+        if line.strip() in drop or _DIV.match(line):
+            continue
+        caption = _TABLE_CAPTION.match(line)  # `: caption {#tbl-x}` under a pipe table
+        if caption:
+            out.append(f"Table: {caption.group('text')}")
+            continue
+        out.append(_HEADING_ATTRS.sub(r"\1", line))
+    return "\n".join(out).strip("\n")
