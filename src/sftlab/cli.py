@@ -40,7 +40,8 @@ def _cmd_run(args) -> int:
     from .experiment import run_experiment
 
     out = run_experiment(args.config, results_root=args.results, progress=not args.quiet, resume=args.resume)
-    print(out)
+    if out is not None:  # None: a process other than the main one under `accelerate launch`
+        print(out)
     return 0
 
 

@@ -52,8 +52,41 @@ __all__ = ["EVAL_DEFAULTS", "RunContext", "lora_update_norms", "rescore", "run_e
            "score_replies"]
 
 
-def _log(msg: str) -> None:
+def _log(msg: str, *, every_process: bool = False) -> None:
+    """Progress on stderr: from the main process only when several run (`accelerate launch`),
+    unless `every_process`, when each process says it, naming itself."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.num_processes > 1:
+        if not (every_process or state.is_main_process):
+            return
+        if every_process:
+            msg = f"(process {state.process_index}) {msg}"
     print(f"[sftlab] {msg}", file=sys.stderr, flush=True)
+
+
+def _process_state():
+    """This process's `accelerate.PartialState`: one of several under `accelerate launch` or torchrun.
+
+    Launched as several processes on a machine without a GPU, accelerate finds no device
+    backend and would let every process run alone (each would train on all the data and
+    write the same work folder); they then share the CPU through gloo instead, and
+    ACCELERATE_USE_CPU tells the Trainer's own PartialState the same.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType
+
+    state = PartialState()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and state.distributed_type == DistributedType.NO:
+        PartialState._reset_state()  # nothing was set up yet (no process group): start again on the CPU
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+        state = PartialState(cpu=True)
+    world = int(os.environ.get("WORLD_SIZE", state.num_processes))
+    if state.num_processes != world:
+        raise ConfigError(f"launched as {world} processes but accelerate set up {state.num_processes} "
+                          f"({state.distributed_type}); check the launch command")
+    return state
 
 
 def _write_jsonl(path: Path, rows) -> None:
@@ -109,6 +142,8 @@ class RunContext:
     progress: bool
     resume: bool
     started: float  # time.time() when the run began
+    # False in the other processes under `accelerate launch`: they only train (see `train`).
+    main_process: bool = True
     # Set by `prepare`:
     tokenizer: Any = None
     fmt: Any = None  # the base model's ChatFormat
@@ -132,15 +167,18 @@ def run_experiment(
     results_root: str | Path = "results",
     progress: bool = True,
     resume: bool = False,
-) -> Path:
+) -> Path | None:
     """Run a recipe end to end; returns the results folder.
 
     With `resume=True` an interrupted run of the same config continues: finished
     stages (base evaluation, training, later evaluations) are read back from
     `results/.work-NAME/`, and training restarts from its last checkpoint
     (`training.save_steps` sets how often one is written).
+
+    Under `accelerate launch` (or torchrun) every process trains its share of each batch;
+    the main process alone then evaluates, writes results/NAME/ and returns it, the others
+    return None as soon as training ends (or at once, when resuming after training finished).
     """
-    from accelerate import PartialState
     from transformers import set_seed
 
     t0 = time.time()
@@ -148,24 +186,35 @@ def run_experiment(
     name = config["name"]
     results_root = Path(results_root)
     results_root.mkdir(parents=True, exist_ok=True)
-    # Under `accelerate launch` several processes run this; one prepares the work folder.
-    state = PartialState()
-    if state.is_main_process:
-        _work_dir(results_root, name, config, resume)
-    state.wait_for_everyone()
+    # Under `accelerate launch` several processes run this; the main one prepares the work folder
+    # while the others wait, and its refusal (a changed config on --resume) stops them all.
+    state = _process_state()
     work = results_root / f".work-{name}"
+    refused = None
+    if state.is_main_process:
+        try:
+            _work_dir(results_root, name, config, resume)
+        except ConfigError as exc:
+            refused = exc
+    state.wait_for_everyone()
+    if refused is not None:
+        raise refused
+    stamp = work / "config_hash"
+    if not (stamp.is_file() and stamp.read_text().strip() == config_hash(config)):
+        raise ConfigError(f"the main process did not prepare {work} for this config; see its error")
     stages = _Stages(work)
     ctx = RunContext(config=config, config_path=config_path, results_root=results_root, work=work, stages=stages,
-                     timings=stages.get("timings") or {}, progress=progress, resume=resume, started=t0)
+                     timings=stages.get("timings") or {}, progress=progress, resume=resume, started=t0,
+                     main_process=state.is_main_process)
     try:
         set_seed(int(config.get("seed", 0)))
         model = prepare(ctx)
         # Training comes first so that under `accelerate launch` every process trains together and
         # only the main process evaluates afterwards (no process waits at a barrier while another
         # generates). The base model is evaluated through the same object with the adapter disabled.
-        peft_model, train_stats = train(ctx, model, state)
+        peft_model, train_stats = train(ctx, model)
         if peft_model is None:
-            return work  # the main process evaluates and writes the results
+            return None  # another process: the main process evaluates and writes the results
         replies = generate_base(ctx, peft_model)
         losses = heldout_losses(ctx, peft_model)
         replies.update(generate_sft(ctx, peft_model))  # merges the adapter: the last use of peft_model
@@ -176,16 +225,19 @@ def run_experiment(
         return finish(ctx, train_stats)
     except BaseException:
         _log(f"run stopped; its work so far is in {work} (results/{name} untouched); "
-             f"continue it with: sftlab run {config_path} --resume")
+             f"continue it with: sftlab run {config_path} --resume", every_process=True)
         raise
 
 
 def prepare(ctx: RunContext):
     """Load the base model and its chat format, prepare and encode the data, pick the prompt sets.
 
-    Writes config.yaml and data_report.json; times load_base_s and data_s. Fills the
-    RunContext's tokenizer, fmt, datasets and prompts; returns the base model.
+    Writes config.yaml and data_report.json (the main process; every process reads the
+    model and data); times load_base_s and data_s. Fills the RunContext's tokenizer, fmt,
+    datasets and prompts; returns the base model.
     """
+    from accelerate import PartialState
+
     from . import ifeval as ifeval_mod
     from .chat import prepare_model, prepare_tokenizer
     from .data import prepare_data
@@ -194,11 +246,14 @@ def prepare(ctx: RunContext):
 
     work, timings, model_cfg, progress = ctx.work, ctx.timings, section(ctx.config, "model"), ctx.progress
     seed = int(ctx.config.get("seed", 0))
-    (work / "config.yaml").write_text(yaml.safe_dump(ctx.config, sort_keys=False))
+    if ctx.main_process:
+        (work / "config.yaml").write_text(yaml.safe_dump(ctx.config, sort_keys=False))
 
     _log(f"loading base model {model_cfg['base']}")
     t = time.time()
-    model, tokenizer = load_model(model_cfg["base"], dtype=model_cfg.get("dtype", "float32"))
+    # The main process first: an offline model's first load builds the cached checkpoint once.
+    with PartialState().main_process_first():
+        model, tokenizer = load_model(model_cfg["base"], dtype=model_cfg.get("dtype", "float32"))
     fmt = prepare_tokenizer(tokenizer, model_cfg.get("template", "gemma"),
                             allow_new_tokens=bool(model_cfg.get("allow_new_tokens", False)))
     prepare_model(model, tokenizer, fmt)
@@ -212,7 +267,8 @@ def prepare(ctx: RunContext):
     eval_ds, eval_skips = encode_dataset(list(prepared.eval), tokenizer, max_length=max_length, progress=progress)
     report = dict(prepared.report)
     report["encoding_skipped"] = {"train": dict(train_skips), "eval": dict(eval_skips)}
-    (work / "data_report.json").write_text(json.dumps(report, indent=2, default=str))
+    if ctx.main_process:
+        (work / "data_report.json").write_text(json.dumps(report, indent=2, default=str))
     timings["data_s"] = time.time() - t
     kept_eval_ids = set(eval_ds["id"])
     heldout = [c for c in prepared.eval if str(c["id"]) in kept_eval_ids][: int(ctx.eval_cfg["heldout_size"])]
@@ -228,29 +284,33 @@ def prepare(ctx: RunContext):
     return model
 
 
-def train(ctx: RunContext, model, state):
+def train(ctx: RunContext, model):
     """Train LoRA (from the last checkpoint when resuming), or load the adapter a finished stage_train.json left.
 
     Writes train_log.jsonl, checkpoints/ (removed when done), adapter/ with chat_template.jinja,
     lora_norms.jsonl, stage_train.json; times train_s. Returns (peft_model, stats); (None, stats)
-    in a process other than the main one.
+    in a process other than the main one, whose part ends with training (or before it, when a
+    resumed run had finished training).
     """
     from .train import train_lora  # looked up at each run: tests replace it
 
     work, timings, tokenizer = ctx.work, ctx.timings, ctx.tokenizer
     train_stats = ctx.stages.get("train")
+    if train_stats is not None and not ctx.main_process:
+        return None, train_stats  # trained before the interruption: the main process evaluates
     if train_stats is None:
         _log("training LoRA")
         model.train()
         checkpoint = last_checkpoint(work / "checkpoints") if ctx.resume else None
         if checkpoint is not None:
             _log(f"continuing training from {checkpoint}")
-            truncate_log(work / "train_log.jsonl", int(checkpoint.name.split("-")[-1]))
+            if ctx.main_process:  # the main process alone writes the log
+                truncate_log(work / "train_log.jsonl", int(checkpoint.name.split("-")[-1]))
         peft_model, train_stats = train_lora(
             model, tokenizer, ctx.fmt, ctx.train_ds, ctx.eval_ds, ctx.config, work, work / "train_log.jsonl",
             resume_from_checkpoint=checkpoint,
         )
-        if not state.is_main_process:
+        if not ctx.main_process:
             return None, train_stats  # the main process evaluates and writes the results
         timings["train_s"] = train_stats["train_wall_s"]
         peft_model.save_pretrained(work / "adapter")

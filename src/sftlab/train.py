@@ -121,7 +121,8 @@ def _log_callback(path: Path):
             self.start = time.time()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not logs:
+            # Every process logs the same (already averaged) values under `accelerate launch`; one writes.
+            if not logs or not state.is_world_process_zero:
                 return
             record = {"step": state.global_step, "epoch": state.epoch, "time_s": round(time.time() - self.start, 2)}
             record.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
@@ -207,6 +208,27 @@ def labelled_position_loss(model, inputs, num_items_in_batch=None, chunk_size: i
     return loss_sum / torch.as_tensor(denom, device=loss_sum.device).clamp(min=1)
 
 
+def _through_wrapper(wrapped, inner, fn, inputs):
+    """`fn(inner, inputs)`, run as the forward of `wrapped`, the wrapper (DistributedDataParallel under
+    `accelerate launch`) around `inner`; a plain call when there is none (`wrapped is inner`).
+
+    DDP averages gradients across processes only in a backward pass that follows its own forward,
+    and `labelled_position_loss` calls the model's body and output layer itself, not the model: for
+    one call, `inner`'s forward becomes `fn`, so the wrapper's forward runs it.
+    """
+    if wrapped is inner:
+        return fn(inner, inputs)
+    own = inner.__dict__.get("forward")  # accelerate patches forward itself under mixed precision
+    inner.forward = lambda **kw: fn(inner, kw)
+    try:
+        return wrapped(**inputs)
+    finally:
+        if own is None:
+            del inner.forward
+        else:
+            inner.forward = own
+
+
 def _trainer_class():
     from trl import SFTTrainer
 
@@ -217,7 +239,9 @@ def _trainer_class():
             # A recipe that recomputes activations to save memory also recomputes the output layer in chunks.
             chunk = LOSS_CHUNK_SIZE if self.args.gradient_checkpointing else None
             with self.accelerator.autocast():
-                loss = labelled_position_loss(model, inputs, num_items_in_batch, chunk_size=chunk)
+                loss = _through_wrapper(
+                    model, self.accelerator.unwrap_model(model),
+                    lambda m, batch: labelled_position_loss(m, batch, num_items_in_batch, chunk_size=chunk), inputs)
             if model.training and not bool(loss.detach().isfinite()):
                 # Checked here, not in the logs: Trainer's logging_nan_inf_filter hides NaN losses.
                 raise FloatingPointError(
@@ -281,6 +305,10 @@ def train_lora(
         "train_assistant_tokens_per_epoch": n_assistant_tokens,
         "epochs": epochs,
         "bf16": bool(args.bf16),
+        # Under `accelerate launch` each process takes its own per-device batch of every step.
+        "processes": int(trainer.accelerator.num_processes),
+        "global_batch_size": int(args.per_device_train_batch_size * trainer.accelerator.num_processes
+                                 * args.gradient_accumulation_steps),
     }
     seen_tokens = trainer.state.num_input_tokens_seen or 0
     stats["tokens_per_second"] = round((seen_tokens or n_train_tokens * (epochs or 1)) / max(wall, 1e-9), 1)
