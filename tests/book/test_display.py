@@ -85,3 +85,17 @@ def test_a_long_table_is_cut_in_the_pdf_only(monkeypatch):
     bundle = shown[0]
     assert bundle["text/html"].count("<td>") == 50  # every row
     assert bundle["text/markdown"].count("\n| ") == 10 and "40 more rows" in bundle["text/markdown"]  # 10 rows
+
+
+def test_the_pdf_table_may_break_long_identifiers(monkeypatch):
+    import IPython.display
+
+    import pandas as pd
+
+    from sftlab.book.display import show_table
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda bundle, raw=False: shown.append(bundle))
+    show_table(pd.DataFrame({"field": ["train_sampling_strategy"], "value": ["group_by_length"]}), index=False)
+    assert r"train\_\allowbreak{}sampling\_\allowbreak{}strategy" in shown[0]["text/markdown"]
+    assert "train_sampling_strategy" in shown[0]["text/html"]  # the HTML is untouched

@@ -148,7 +148,9 @@ def show_table(frame, index: bool = True, *, digits: int = 2, digits_by_column: 
 
     cells, _ = table_cells(frame, index, digits, digits_by_column)
     html = cells.to_html(index=False, escape=True, border=0, classes="table table-sm")
-    markdown = markdown_table(frame, index, digits, digits_by_column)
+    # The Markdown is what the PDF prints: let LaTeX break long identifiers after an underscore
+    # (train_sampling_strategy next to group_by_length would otherwise run into each other).
+    markdown = markdown_table(frame, index, digits, digits_by_column).replace("\\_", "\\_\\allowbreak{}")
     if pdf_max_rows is not None and len(frame) > pdf_max_rows:
         lines = markdown.split("\n")
         hidden = len(frame) - pdf_max_rows
