@@ -32,6 +32,14 @@ def test_copying_the_conversation_earns_nothing():
     assert score_probe(DOG, copied)["prompt_level"] is False
 
 
+def test_a_loop_that_contains_the_fact_has_not_answered():
+    loop = "I think it's called Biscuit.\n\n" * 12
+    scored = score_probe(DOG, loop, stopped=False)
+    assert scored["checks_level"] is True and scored["category"] == "loop"
+    assert scored["prompt_level"] is False
+    assert score_probe(DOG, "I think it's called Biscuit.", stopped=True)["prompt_level"] is True
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda p: p["messages"].pop(), "starting and ending with user"),
     (lambda p: p["checks"][0].update(words=["Rover"]), "not stated in an earlier user turn"),

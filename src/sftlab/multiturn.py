@@ -6,7 +6,9 @@ multi-turn behaviour. Each probe in `prompts/multiturn.jsonl` is a short convers
 fact stated earlier ("My dog is called Biscuit..." ... "What is my dog's name again?").
 The reply passes when it contains the fact (IFEval's `required_words` check, whole words,
 any case), written by the model itself: text copied verbatim from the conversation (a run
-of 8 or more words, `sftlab.echo`) earns nothing.
+of 8 or more words, `sftlab.echo`) earns nothing, and neither does a reply that is not
+usable as an answer (category empty, echo or loop, `sftlab.categories`): a base model that
+repeats "I'm in Lisbon." twenty times has the word but has not answered.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import re
 from pathlib import Path
 
+from .categories import category
 from .errors import DataError
 from .ifeval import score_reply, validate_record
 
@@ -78,7 +81,15 @@ def as_check_record(probe: dict) -> dict:
     return {"id": probe["id"], "prompt": earlier_text(probe["messages"]), "checks": probe["checks"]}
 
 
-def score_probe(probe: dict, reply: str) -> dict:
-    """{"id", "prompt_level", "instruction_results", "echoed"} for one reply (see `ifeval.score_reply`)."""
-    return score_reply(as_check_record(probe), reply)
+UNUSABLE = ("empty", "echo", "loop")  # reply categories that never pass a probe
+
+
+def score_probe(probe: dict, reply: str, *, stopped: bool = True) -> dict:
+    """{"id", "prompt_level", "instruction_results", "echoed", "category", "checks_level"} for one
+    reply: `checks_level` is whether the fact's checks pass (`ifeval.score_reply`, echo-proof);
+    `prompt_level` additionally needs a usable reply (category not in `UNUSABLE`)."""
+    scored = score_reply(as_check_record(probe), reply)
+    kind = category(reply, stopped=stopped, prompt=earlier_text(probe["messages"]))
+    return {**scored, "checks_level": scored["prompt_level"], "category": kind,
+            "prompt_level": bool(scored["prompt_level"]) and kind not in UNUSABLE}
 

@@ -22,10 +22,11 @@ import yaml
 from .config import EVAL_DEFAULTS
 from .errors import ConfigError
 from .runinfo import git_commit
-from .scoring import score_losses, score_replies, write_json_atomic
+from .scoring import score_losses, score_plain_losses, score_replies, write_json_atomic
 
 RESULT_FILES = ("config.yaml", "samples.jsonl", "metrics.json", "run.json")
 LOSSES_FILE = "heldout_losses.json"  # per-conversation loss rows, {system: [[nats, tokens, eot_nats, eot_tokens]]}
+PLAIN_FILE = "plain_text_losses.json"  # per-passage plain-text loss rows, {system: [[nats, tokens]]}
 
 # Keys `rescore` reads from each samples.jsonl row, by prompt set, and from each reply.
 _SAMPLE_KEYS = {"heldout": ("id", "replies", "reference"), "ifeval": ("id", "replies", "prompt", "checks"),
@@ -43,7 +44,7 @@ def annotate_samples(samples: list[dict]) -> list[dict]:
     `checks_passed` (and `checks_passed_raw`, the checks on the reply as written)."""
     from . import ifeval as ifeval_mod
     from .categories import category
-    from .multiturn import earlier_text
+    from .multiturn import UNUSABLE, earlier_text
 
     for row in samples:
         if row["set"] == "multiturn":
@@ -57,6 +58,8 @@ def annotate_samples(samples: list[dict]) -> list[dict]:
                 reply["checks_passed"] = ifeval_mod.score_reply(record, reply["text"])["instruction_results"]
                 reply["checks_passed_raw"] = ifeval_mod.score_reply(record, reply["text"], echo_proof=False)[
                     "instruction_results"]
+            if row["set"] == "multiturn":  # passes only as a usable reply (`multiturn.score_probe`)
+                reply["usable"] = reply["category"] not in UNUSABLE
     return samples
 
 
@@ -103,7 +106,11 @@ def rescore(results_dir: str | Path, *, with_model: bool = False, progress: bool
     loss_comparisons = [c for c in old.get("comparisons", []) if c.get("set") == "loss"]
     if loss_scores is not None:
         new["heldout_loss"], loss_comparisons = loss_scores["heldout_loss"], loss_scores["comparisons"]
-    new["comparisons"] = scores["comparisons"] + loss_comparisons
+    plain_comparisons = [c for c in old.get("comparisons", []) if c.get("set") == "plain_text"]
+    if (folder / PLAIN_FILE).is_file():
+        plain = score_plain_losses(json.loads((folder / PLAIN_FILE).read_text()), n_resamples=n_boot, seed=seed)
+        new["plain_text_loss"], plain_comparisons = plain["plain_text_loss"], plain["comparisons"]
+    new["comparisons"] = scores["comparisons"] + loss_comparisons + plain_comparisons
     changed = _changed(old, new)
     write_json_atomic(folder / "metrics.json", new, indent=2)
     _write_jsonl_atomic(folder / "samples.jsonl", annotate_samples(samples))

@@ -232,17 +232,17 @@ def score_replies(
 
 def _multiturn_scores(mt_records: list[dict], replies: list[dict]) -> tuple[dict, dict]:
     """One system's multi-turn probe scores and their per-probe values (for the comparisons)."""
-    from .multiturn import earlier_text, score_probe
+    from .multiturn import score_probe
 
     if len(replies) != len(mt_records):
         raise ValueError(f"{len(mt_records)} multi-turn probes but {len(replies)} replies")
-    scored = [score_probe(p, r["text"]) for p, r in zip(mt_records, replies)]
+    scored = [score_probe(p, r["text"], stopped=bool(r["stopped"])) for p, r in zip(mt_records, replies)]
     flags = [float(s["prompt_level"]) for s in scored]
     stops = [float(bool(r["stopped"])) for r in replies]
-    cats = [category(r["text"], stopped=bool(r["stopped"]), prompt=earlier_text(p["messages"]))
-            for p, r in zip(mt_records, replies)]
     entry = {"prompt_level": rate(flags), "n_prompts": len(flags), "n_echoed": int(sum(s["echoed"] for s in scored)),
-             "stop_rate": rate(stops), "categories": category_counts(cats)}
+             # the fact's checks alone, usable reply or not: what a check-only scorer would report
+             "checks_level": rate([float(s["checks_level"]) for s in scored]),
+             "stop_rate": rate(stops), "categories": category_counts([s["category"] for s in scored])}
     return entry, {"prompt_level": flags, "stop_rate": stops}
 
 
@@ -304,6 +304,17 @@ def score_losses(losses: dict, *, n_resamples: int, seed: int) -> dict:
                                              stat=pooled_ratio, n_resamples=n_resamples, seed=seed)
                     comparisons.append({"a": a, "b": b, "set": "loss", "metric": part, **diff})
     return {"heldout_loss": out, "comparisons": comparisons}
+
+
+def score_plain_losses(plain: dict, *, n_resamples: int, seed: int) -> dict:
+    """The plain-text loss (`sftlab.plaintext`) per system, as `score_losses` scores the held-out
+    loss ("n_conversations" counts passages), and the paired SFT-minus-base difference on the same
+    passages (set "plain_text"): a positive difference is what training forgot.
+    Returns {"plain_text_loss": {...}, "comparisons": [...]}."""
+    scored = score_losses({s: {"per_conversation": rows} for s, rows in plain.items()},
+                          n_resamples=n_resamples, seed=seed)
+    return {"plain_text_loss": scored["heldout_loss"],
+            "comparisons": [{**c, "set": "plain_text"} for c in scored["comparisons"] if c["metric"] == "mean_nll"]}
 
 
 def eot_share_of_gain(heldout_loss: dict, a: str = "sft", b: str = "base_chat") -> float | None:

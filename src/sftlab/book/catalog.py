@@ -113,8 +113,8 @@ LOSS_METRICS = [
 
 MULTITURN_METRICS = [
     Metric("prompt_level", "multi-turn recall", "rate", "higher",
-           "share of multi-turn probes whose last reply uses the fact stated in an earlier turn (its own words: "
-           "copied text earns nothing)"),
+           "share of multi-turn probes whose last reply uses the fact stated in an earlier turn, in a usable reply "
+           "(its own words: copied text, loops and echoes earn nothing)"),
     Metric("stop_rate", "stop rate (multi-turn probes)", "rate", "higher",
            "share of multi-turn replies that ended before the token limit"),
 ]
