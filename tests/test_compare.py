@@ -89,3 +89,21 @@ def test_paired_run_differences_pair_the_same_prompts(tmp_path):
     assert rows[("loss", "mean_nll")]["difference"] == pytest.approx(10 / 5 - 15 / 5)
     assert rows[("heldout", "canned_rate")]["difference"] == 0.0
     assert {r["a"] for r in rows.values()} == {"variant"} and {r["b"] for r in rows.values()} == {"control"}
+
+
+def test_paired_multiturn_recall_needs_a_usable_reply(tmp_path):
+    # A looping reply that contains the fact passes the checks but not the probe (multiturn.score_probe).
+    from sftlab.compare import paired_run_differences
+
+    def write(name, usable):
+        folder = tmp_path / name
+        folder.mkdir()
+        rows = [{"set": "multiturn", "id": f"m{i}", "replies": {"sft": {
+            "text": "x", "stopped": True, "checks_passed": [True], "category": "answer" if u else "loop", "usable": u}}}
+            for i, u in enumerate(usable)]
+        (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return folder
+
+    rows = {(r["set"], r["metric"]): r
+            for r in paired_run_differences(write("a", [True, True]), write("b", [True, False]))}
+    assert rows[("multiturn", "prompt_level")]["difference"] == pytest.approx(0.5)

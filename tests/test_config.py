@@ -15,9 +15,16 @@ BASE = {"model": {"base": "offline:gemma-3-270m"}, "data": {"source": "sharegpt"
 
 
 def test_shipped_configs_are_valid():
+    import yaml
+
+    from sftlab.sweep import load_sweep
+
     names = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))
-    assert "default" in names
+    assert "default" in names and "ablations" in names
     for path in (ROOT / "configs").glob("*.yaml"):
+        if "variants" in (yaml.safe_load(path.read_text()) or {}):  # a sweep file (sftlab sweep)
+            assert len(load_sweep(path)["recipes"]) >= 9
+            continue
         config = load_config(path)
         assert config["name"] == path.stem
 

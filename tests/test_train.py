@@ -161,6 +161,18 @@ def test_encoding_skips_and_counts_conversations_over_max_length(chat_setup):
     assert skipped["longer_than_max_length"] == sum(n > 20 for n in lengths) > 0
 
 
+def test_full_sequence_loss_marks_prompts_as_targets_too(chat_setup):
+    # loss_on="all" (the ablation's full-sequence loss): every token is a target, the ids are unchanged.
+    _, tok, _ = chat_setup
+    replies = encode_dataset(CONVS, tok, max_length=None, progress=False)[0]
+    everything = encode_dataset(CONVS, tok, max_length=None, progress=False, loss_on="all")[0]
+    assert everything["input_ids"] == replies["input_ids"]
+    assert all(all(m) for m in everything["assistant_masks"])
+    assert not all(all(m) for m in replies["assistant_masks"])
+    with pytest.raises(ConfigError, match="loss_on"):
+        encode_dataset(CONVS, tok, max_length=None, progress=False, loss_on="prompts")
+
+
 def test_disabled_adapter_is_exactly_the_base_model(chat_setup):
     """The book's 'base' systems are evaluated through the trained model with its adapter off."""
     from peft import get_peft_model

@@ -45,6 +45,13 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from .sweep import run_sweep
+
+    print(run_sweep(args.sweep, progress=not args.quiet, only=args.only or None))
+    return 0
+
+
 def _cmd_rescore(args) -> int:
     from .rescore import rescore
 
@@ -154,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue an interrupted run of the same config from its last checkpoint")
     run.set_defaults(func=_cmd_run)
+    sweep = sub.add_parser("sweep", help="an ablation study: train and score each variant of a control recipe, "
+                                         "then summarise each one's paired differences from the control")
+    sweep.add_argument("sweep", help="a sweep file, e.g. configs/ablations.yaml")
+    sweep.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants (finished ones "
+                                                                    "still enter the summary)")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bars")
+    sweep.set_defaults(func=_cmd_sweep)
     rescore = sub.add_parser("rescore", help="recompute a finished run's reply metrics from samples.jsonl "
                                              "(after a metric changed); the held-out loss is kept")
     rescore.add_argument("results_dir", help="a finished run folder, e.g. results/default")

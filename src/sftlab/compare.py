@@ -101,7 +101,10 @@ def _sample_values(row: dict, reply: dict) -> dict:
     if "category" in reply:
         out["canned_rate"] = float(canned(reply["category"]))
     if row["set"] in ("ifeval", "multiturn") and reply.get("checks_passed") is not None:
-        out["prompt_level"] = float(all(reply["checks_passed"]))
+        passed = all(reply["checks_passed"])
+        if row["set"] == "multiturn":  # a probe passes only in a usable reply (`multiturn.score_probe`)
+            passed = passed and reply.get("usable", True)
+        out["prompt_level"] = float(passed)
     return out
 
 
@@ -141,22 +144,25 @@ def paired_run_differences(a_dir: str | Path, b_dir: str | Path, system: str = "
 
 
 def _paired_losses(a_dir: Path, b_dir: Path, system: str, *, n_resamples: int, seed: int) -> list[dict]:
-    """Held-out loss of the two runs' `system` on the same conversations (heldout_losses.json), when
-    both runs wrote it for the same number of conversations; [] otherwise."""
+    """Held-out loss (set "loss", heldout_losses.json) and plain-text loss (set "plain_text",
+    plain_text_losses.json) of the two runs' `system` on the same conversations or passages, where
+    both runs wrote the file with the same number of rows; [] otherwise."""
+    from .rescore import LOSSES_FILE, PLAIN_FILE
     from .scoring import loss_rows
     from .stats import paired_difference, pooled_ratio
 
-    files = [d / "heldout_losses.json" for d in (a_dir, b_dir)]
-    if not all(f.is_file() for f in files):
-        return []
-    ra, rb = (loss_rows(json.loads(f.read_text()).get(system) or []) for f in files)
-    if not ra["mean_nll"] or len(ra["mean_nll"]) != len(rb["mean_nll"]):
-        return []
     out = []
-    for part in ("mean_nll", "content_nll", "eot_nll"):
-        if part in ra and part in rb:
-            keep = [i for i, (x, y) in enumerate(zip(ra[part], rb[part])) if x[1] > 0 and y[1] > 0]
-            out.append({"a": a_dir.name, "b": b_dir.name, "system": system, "set": "loss", "metric": part,
-                        **paired_difference([ra[part][i] for i in keep], [rb[part][i] for i in keep],
-                                            stat=pooled_ratio, n_resamples=n_resamples, seed=seed)})
+    for filename, set_ in ((LOSSES_FILE, "loss"), (PLAIN_FILE, "plain_text")):
+        files = [d / filename for d in (a_dir, b_dir)]
+        if not all(f.is_file() for f in files):
+            continue
+        ra, rb = (loss_rows(json.loads(f.read_text()).get(system) or []) for f in files)
+        if not ra["mean_nll"] or len(ra["mean_nll"]) != len(rb["mean_nll"]):
+            continue
+        for part in ("mean_nll", "content_nll", "eot_nll"):
+            if part in ra and part in rb:
+                keep = [i for i, (x, y) in enumerate(zip(ra[part], rb[part])) if x[1] > 0 and y[1] > 0]
+                out.append({"a": a_dir.name, "b": b_dir.name, "system": system, "set": set_, "metric": part,
+                            **paired_difference([ra[part][i] for i in keep], [rb[part][i] for i in keep],
+                                                stat=pooled_ratio, n_resamples=n_resamples, seed=seed)})
     return out

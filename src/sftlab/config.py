@@ -49,6 +49,8 @@ EVAL_KEYS = {
     "embedding_similarity": "score replies against references with all-MiniLM-L6-v2",
     "bootstrap_resamples": "resamples for the 95% bootstrap intervals",
     "loss_batches": "held-out batches for the assistant-token loss (null: all)",
+    "plain_text": "passages of plain prose (Python's reference pages, no template) on which base and SFT "
+                  "loss are compared: what training forgot (0: none; sftlab.plaintext)",
 }
 
 # What a run (and `sftlab rescore`) uses for an evaluation key the recipe leaves out.
@@ -62,6 +64,7 @@ EVAL_DEFAULTS = {
     "embedding_similarity": True,
     "bootstrap_resamples": 1000,
     "loss_batches": None,
+    "plain_text": 0,
 }
 
 

@@ -8,6 +8,7 @@ Everything the book shows comes from the files this writes:
   metrics.json        per-system metrics with 95% bootstrap intervals
   samples.jsonl       every prompt with every system's reply and stop flag
   lora_norms.jsonl    the LoRA update's norm per layer and module
+  heldout_losses.json per-conversation held-out loss rows (plain_text_losses.json: per passage)
   adapter/            the LoRA adapter in standard PEFT format
 
 Results are written to results/.work-NAME/, which is renamed to results/NAME/ at the
@@ -43,8 +44,9 @@ from .evaluate import (
 from .modelcard import write_model_card
 from .multiturn import load_probes
 from .runinfo import git_commit, hardware, versions
-from .rescore import LOSSES_FILE, annotate_samples, prompt_text, rescore
-from .scoring import score_losses, score_replies, write_json_atomic
+from .plaintext import plain_text_windows
+from .rescore import LOSSES_FILE, PLAIN_FILE, annotate_samples, prompt_text, rescore
+from .scoring import score_losses, score_plain_losses, score_replies, write_json_atomic
 from .train import last_checkpoint, lora_update_norms, truncate_log
 from .workdir import _log, _process_state, _Stages, _work_dir, _write_jsonl
 
@@ -79,6 +81,9 @@ class RunContext:
     if_records: list[dict] = field(default_factory=list)  # IFEval prompts and checks (none when off)
     if_prompts: list[list[dict]] = field(default_factory=list)
     mt_records: list[dict] = field(default_factory=list)  # multi-turn probes and checks (none when off)
+    plain_ds: list[dict] = field(default_factory=list)  # plain-text passages (none when off)
+    # Set by `heldout_losses`: per-passage plain-text loss rows by system (empty when off).
+    plain_losses: dict = field(default_factory=dict)
 
     @property
     def eval_cfg(self) -> dict:
@@ -148,8 +153,9 @@ def run_experiment(
         write_samples(ctx, replies)
         return finish(ctx, train_stats)
     except BaseException:
-        _log(f"run stopped; its work so far is in {work} (results/{name} untouched); "
-             f"continue it with: sftlab run {config_path} --resume", every_process=True)
+        where = "" if results_root == Path("results") else f" --results {results_root}"
+        _log(f"run stopped; its work so far is in {work} ({results_root / name} untouched); "
+             f"continue it with: sftlab run {config_path}{where} --resume", every_process=True)
         raise
 
 
@@ -187,7 +193,9 @@ def prepare(ctx: RunContext):
     t = time.time()
     prepared = prepare_data(section(ctx.config, "data"), tokenizer, seed, progress=progress)
     max_length = (ctx.config.get("training") or {}).get("max_length", 1024)
-    train_ds, train_skips = encode_dataset(list(prepared.train), tokenizer, max_length=max_length, progress=progress)
+    loss_on = section(ctx.config, "data").get("loss_on") or "replies"  # the held-out set always scores replies
+    train_ds, train_skips = encode_dataset(list(prepared.train), tokenizer, max_length=max_length,
+                                           progress=progress, loss_on=loss_on)
     eval_ds, eval_skips = encode_dataset(list(prepared.eval), tokenizer, max_length=max_length, progress=progress)
     report = dict(prepared.report)
     report["encoding_skipped"] = {"train": dict(train_skips), "eval": dict(eval_skips)}
@@ -205,6 +213,8 @@ def prepare(ctx: RunContext):
     ctx.if_records = ifeval_mod.load_prompts() if ctx.eval_cfg["ifeval"] else []
     ctx.if_prompts = [[{"role": "user", "content": r["prompt"]}] for r in ctx.if_records]
     ctx.mt_records = load_probes() if ctx.eval_cfg["multiturn"] else []
+    n_plain = int(ctx.eval_cfg["plain_text"] or 0)
+    ctx.plain_ds = plain_text_windows(tokenizer, n_plain) if n_plain else []
     return model
 
 
@@ -279,19 +289,24 @@ def generate_system(ctx: RunContext, label: str, mdl, tok, prompt_fn, stop_ids) 
     return out
 
 
-def heldout_loss(ctx: RunContext, label: str, mdl) -> dict:
-    """Assistant-token loss of `mdl` on the held-out set (read back if a resumed run has it).
+def heldout_loss(ctx: RunContext, label: str, mdl, *, plain: bool = False) -> dict:
+    """Assistant-token loss of `mdl` on the held-out set, or with `plain` its loss on the plain-text
+    passages (read back if a resumed run has it).
 
-    Writes stage_loss_<label>.json; times loss_<label>_s."""
-    done = ctx.stages.get(f"loss_{label}")
+    Writes stage_loss_<label>.json (stage_plain_<label>.json); times loss_<label>_s (plain_<label>_s)."""
+    key = f"{'plain' if plain else 'loss'}_{label}"
+    done = ctx.stages.get(key)
     if done is None:
         t = time.time()
-        eot = ctx.tokenizer.convert_tokens_to_ids(ctx.fmt.end_of_turn)  # the loss is split at this token
-        per_conv, mean = assistant_nll(mdl, ctx.eval_ds, max_batches=ctx.eval_cfg["loss_batches"],
-                                       progress=ctx.progress, eot_id=eot)
+        if plain:
+            per_conv, mean = assistant_nll(mdl, ctx.plain_ds, progress=ctx.progress)
+        else:
+            eot = ctx.tokenizer.convert_tokens_to_ids(ctx.fmt.end_of_turn)  # the loss is split at this token
+            per_conv, mean = assistant_nll(mdl, ctx.eval_ds, max_batches=ctx.eval_cfg["loss_batches"],
+                                           progress=ctx.progress, eot_id=eot)
         done = {"per_conversation": per_conv, "mean_nll": mean}
-        ctx.timings[f"loss_{label}_s"] = time.time() - t
-        ctx.stages.put(f"loss_{label}", done)
+        ctx.timings[f"{key}_s"] = time.time() - t
+        ctx.stages.put(key, done)
     return done
 
 
@@ -312,13 +327,18 @@ def generate_base(ctx: RunContext, peft_model) -> dict:
 
 
 def heldout_losses(ctx: RunContext, peft_model) -> dict:
-    """Held-out loss of the base model (adapter disabled) and of the SFT model, always both.
+    """Held-out loss of the base model (adapter disabled) and of the SFT model, always both; with
+    evaluation.plain_text, both models' plain-text loss too (into ctx.plain_losses).
 
-    Writes stage_loss_base_chat.json and stage_loss_sft.json."""
+    Writes stage_loss_base_chat.json and stage_loss_sft.json (stage_plain_*.json)."""
     with adapter_disabled(peft_model):
         losses = {"base_chat": heldout_loss(ctx, "base_chat", peft_model)}
+        if ctx.plain_ds:
+            ctx.plain_losses["base_chat"] = heldout_loss(ctx, "base_chat", peft_model, plain=True)
     _log("evaluating the LoRA SFT model")
     losses["sft"] = heldout_loss(ctx, "sft", peft_model)
+    if ctx.plain_ds:
+        ctx.plain_losses["sft"] = heldout_loss(ctx, "sft", peft_model, plain=True)
     return losses
 
 
@@ -372,6 +392,12 @@ def score(ctx: RunContext, replies: dict, losses: dict) -> None:
     loss_scores = score_losses(losses, n_resamples=n_boot, seed=seed)
     metrics = {"systems": reply_scores["systems"], "heldout_loss": loss_scores["heldout_loss"],
                "comparisons": reply_scores["comparisons"] + loss_scores["comparisons"]}
+    if ctx.plain_losses:
+        plain = {s: loss["per_conversation"] for s, loss in ctx.plain_losses.items()}
+        plain_scores = score_plain_losses(plain, n_resamples=n_boot, seed=seed)
+        metrics["plain_text_loss"] = plain_scores["plain_text_loss"]
+        metrics["comparisons"] += plain_scores["comparisons"]
+        write_json_atomic(ctx.work / PLAIN_FILE, plain)
     (ctx.work / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_json_atomic(ctx.work / LOSSES_FILE, {s: loss["per_conversation"] for s, loss in losses.items()})
     ctx.timings["score_s"] = time.time() - t

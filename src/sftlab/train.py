@@ -17,15 +17,24 @@ from .chat import ChatFormat, encode_conversation
 from .errors import ConfigError
 
 
-def encode_dataset(conversations, tokenizer, *, max_length: int | None, progress: bool = True):
+LOSS_ON = ("replies", "all")
+
+
+def encode_dataset(conversations, tokenizer, *, max_length: int | None, progress: bool = True,
+                   loss_on: str = "replies"):
     """Encode conversations for training; those longer than `max_length` are skipped and counted.
 
     Truncating instead would cut replies before their `<end_of_turn>`: the model would
-    learn from replies that never end. Returns (datasets.Dataset, Counter of skip reasons).
+    learn from replies that never end. `loss_on="all"` marks every token as a target
+    (`assistant_masks` all ones): the full-sequence loss, prompts learned too, which is
+    what TRL does with conversational data unless told otherwise. Returns
+    (datasets.Dataset, Counter of skip reasons).
     """
     from datasets import Dataset
     from tqdm.auto import tqdm
 
+    if loss_on not in LOSS_ON:
+        raise ConfigError(f"data.loss_on is {loss_on!r}; choose one of: {', '.join(LOSS_ON)}")
     rows, skipped = [], Counter()
     for conv in tqdm(conversations, desc="encoding", disable=not progress, leave=False):
         enc = encode_conversation(tokenizer, conv["messages"])
@@ -35,6 +44,8 @@ def encode_dataset(conversations, tokenizer, *, max_length: int | None, progress
         if not any(enc["assistant_masks"]):
             skipped["no_assistant_tokens"] += 1
             continue
+        if loss_on == "all":
+            enc["assistant_masks"] = [1] * len(enc["input_ids"])
         rows.append({"id": str(conv.get("id", len(rows))), **enc})
     return Dataset.from_list(rows), skipped
 

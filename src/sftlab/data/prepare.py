@@ -35,6 +35,9 @@ DATA_KEYS = {
     "dedupe": "keep only the first conversation with each normalised opening request (before the split)",
     "instructions": "verifiable-instruction examples replacing a share of the training conversations: "
                     "{share: 0.3, seed: 0, types: null (all)}; see sftlab.data.instructions",
+    "loss_on": "which training tokens carry the loss: replies (each assistant reply and its end-of-turn "
+               "token) | all (the whole conversation, prompts and turn markers too); held-out losses always "
+               "score replies",
     "train_size": "number of training conversations (null = all that remain after eval)",
     "eval_size": "number of held-out evaluation conversations, drawn first",
 }
@@ -52,6 +55,7 @@ DATA_DEFAULTS = {
     "drop_context_prompts": False,
     "dedupe": False,
     "instructions": None,
+    "loss_on": "replies",
     "train_size": None,
     "eval_size": 50,
 }

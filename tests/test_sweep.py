@@ -1,0 +1,96 @@
+"""`sftlab sweep`: variants merged onto the control recipe, checked before anything trains, run
+into one folder each, resumed after a kill, and summarised against the control."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from sftlab.errors import ConfigError
+from sftlab.sweep import load_sweep, merge, run_sweep
+
+
+def _sweep(tmp_path, recipe_path, variants, budget=None, **extra):
+    spec = {"control": str(recipe_path), "results": str(tmp_path / "ablations"),
+            "budget": budget or {}, "variants": variants, **extra}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_overrides_replace_keys_inside_a_section_and_keep_the_rest():
+    recipe = {"lora": {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj"]}, "seed": 1}
+    merged = merge(recipe, {"lora": {"r": 4}, "seed": 2}, where="variant x")
+    assert merged["lora"] == {"r": 4, "lora_alpha": 32, "target_modules": ["q_proj"]} and merged["seed"] == 2
+    assert recipe["lora"]["r"] == 16  # the control is not modified
+
+
+def test_budget_applies_to_every_variant_and_variants_win(tiny_recipe, tmp_path):
+    path = _sweep(tmp_path, tiny_recipe, {"control": {}, "rank-2": {"lora": {"r": 2}}},
+                  budget={"training": {"max_steps": 2}, "lora": {"r": 8}})
+    recipes = load_sweep(path)["recipes"]
+    assert recipes["control"]["lora"]["r"] == 8 and recipes["rank-2"]["lora"]["r"] == 2
+    assert {r["training"]["max_steps"] for r in recipes.values()} == {2}
+    assert recipes["rank-2"]["name"] == "rank-2"
+
+
+@pytest.mark.parametrize("variants, message", [
+    ({"control": {}, "typo": {"lora": {"lora_alph": 8}}}, r"variant typo: unknown config key 'lora.lora_alph'.*'lora_alpha'"),
+    ({"control": {}, "typo": {"traning": {"learning_rate": 1e-4}}}, r"variant typo: unknown config key 'traning'"),
+    ({"rank-4": {"lora": {"r": 4}}}, "needs a 'control' entry"),
+    ({"control": {}, "bad/name": {}}, "must be letters, digits"),
+])
+def test_a_bad_variant_is_refused_by_name_before_anything_trains(tiny_recipe, tmp_path, variants, message):
+    path = _sweep(tmp_path, tiny_recipe, variants)
+    with pytest.raises(ConfigError, match=message):
+        run_sweep(path, progress=False)
+    assert not (tmp_path / "ablations").exists()
+
+
+def test_killed_variant_resumes_and_finished_ones_are_skipped(tiny_recipe, tmp_path, monkeypatch):
+    import sftlab.experiment as experiment
+
+    budget = {"evaluation": {"systems": ["sft"], "ifeval": False, "multiturn": False, "plain_text": 4}}
+    path = _sweep(tmp_path, tiny_recipe, {"control": {}, "rank-2": {"lora": {"r": 2, "lora_alpha": 4}}},
+                  budget=budget, descriptions={"rank-2": "LoRA rank 2 instead of 4"})
+    results = tmp_path / "ablations"
+
+    real = experiment.generate_sft
+
+    def killed_in_rank_2(ctx, peft_model):  # after training: the variant's work folder has its adapter
+        if ctx.config["name"] == "rank-2":
+            raise KeyboardInterrupt("killed")
+        return real(ctx, peft_model)
+
+    monkeypatch.setattr(experiment, "generate_sft", killed_in_rank_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(path, progress=False)
+    assert (results / "control" / "run.json").is_file() and (results / ".work-rank-2").is_dir()
+    control_run = (results / "control" / "run.json").read_text()
+
+    monkeypatch.setattr(experiment, "generate_sft", real)
+    summary = json.loads(run_sweep(path, progress=False).read_text())
+    assert (results / "control" / "run.json").read_text() == control_run  # not run again
+    assert json.loads((results / "rank-2" / "run.json").read_text())["resumed"] is True
+    assert yaml.safe_load((results / "recipes" / "rank-2.yaml").read_text())["lora"]["r"] == 2
+    rows = {r["variant"]: r for r in summary["variants"]}
+    assert set(rows) == {"control", "rank-2"} and summary["missing"] == []
+    assert rows["rank-2"]["description"] == "LoRA rank 2 instead of 4"
+    # Paired with the control on the same prompts: the held-out loss and the plain-text loss.
+    sets = {(d["set"], d["metric"]) for d in rows["rank-2"]["differences"]}
+    assert {("loss", "mean_nll"), ("plain_text", "mean_nll"), ("heldout", "stop_rate")} <= sets
+    assert all(d["a"] == "rank-2" and d["b"] == "control" for d in rows["rank-2"]["differences"])
+    # Forgetting: each run's SFT-minus-base plain-text loss on the same 4 passages.
+    forgetting = rows["control"]["forgetting"]
+    assert len(forgetting) == 1 and forgetting[0]["a"] == "sft" and forgetting[0]["n"] == 4
+
+
+def test_a_finished_variant_from_another_recipe_is_not_overwritten(tiny_recipe, tmp_path):
+    budget = {"evaluation": {"systems": ["sft"], "ifeval": False, "multiturn": False}}
+    path = _sweep(tmp_path, tiny_recipe, {"control": {}}, budget=budget)
+    run_sweep(path, progress=False)
+    changed = _sweep(tmp_path, tiny_recipe, {"control": {"seed": 5}}, budget=budget)
+    with pytest.raises(ConfigError, match="made by a different recipe.*delete that folder"):
+        run_sweep(changed, progress=False)
