@@ -85,6 +85,13 @@ def test_killed_variant_resumes_and_finished_ones_are_skipped(tiny_recipe, tmp_p
     # Forgetting: each run's SFT-minus-base plain-text loss on the same 4 passages.
     forgetting = rows["control"]["forgetting"]
     assert len(forgetting) == 1 and forgetting[0]["a"] == "sft" and forgetting[0]["n"] == 4
+    # The book's section reads the same summary.
+    from sftlab.book import ablations
+
+    table = ablations.ablation_table(summary).set_index("variant")
+    assert table.loc["rank-2", "held-out loss (nats/token)"].startswith(("+", "-"))
+    assert table.loc["control", "forgetting (SFT − base, plain text)"] != "–"
+    assert "optimizer steps" in ablations.budget_sentence(summary, results)
 
 
 def test_a_finished_variant_from_another_recipe_is_not_overwritten(tiny_recipe, tmp_path):

@@ -95,9 +95,11 @@ def format_comparison(result: dict, name_a: str = "a", name_b: str = "b") -> str
 # Per-prompt values read from samples.jsonl, by prompt set: what two runs' replies to the
 # same prompts can be compared on, pair by pair.
 def _sample_values(row: dict, reply: dict) -> dict:
+    from . import metrics as M
     from .categories import canned
 
-    out = {"stop_rate": float(bool(reply.get("stopped")))}
+    out = {"stop_rate": float(bool(reply.get("stopped"))), "role_leak_rate": float(M.role_leak(reply["text"])),
+           "reply_length": float(M.reply_length(reply["text"]))}
     if "category" in reply:
         out["canned_rate"] = float(canned(reply["category"]))
     if row["set"] in ("ifeval", "multiturn") and reply.get("checks_passed") is not None:

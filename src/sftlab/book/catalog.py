@@ -120,9 +120,17 @@ MULTITURN_METRICS = [
 ]
 
 
+PLAIN_TEXT_METRICS = [
+    Metric("mean_nll", "plain-text loss (nats/token)", "nats", "lower",
+           "mean negative log-likelihood of passages of plain prose (Python's reference pages, no chat template): "
+           "higher after training than before is what training forgot"),
+]
+
+
 METRIC_SETS = {"heldout": HELDOUT_METRICS, "ifeval": IFEVAL_METRICS, "multiturn": MULTITURN_METRICS,
-               "loss": LOSS_METRICS}
-SET_LABELS = {"loss": "held-out loss", "heldout": "held-out", "ifeval": "IFEval", "multiturn": "multi-turn"}
+               "loss": LOSS_METRICS, "plain_text": PLAIN_TEXT_METRICS}
+SET_LABELS = {"loss": "held-out loss", "heldout": "held-out", "ifeval": "IFEval", "multiturn": "multi-turn",
+              "plain_text": "plain text"}
 
 
 METRICS = {m.key: m for m in HELDOUT_METRICS}

@@ -1,0 +1,64 @@
+"""The ablation section: table, plot and sentences read each variant's paired differences from the control."""
+
+from __future__ import annotations
+
+import json
+
+from sftlab.book.ablations import (
+    ablation_sentences,
+    ablation_table,
+    chart_ablations,
+    load_summary,
+    sweep_time_sentence,
+    variants_table,
+)
+
+
+def _diff(set_, metric, d, lo, hi, n=30):
+    return {"a": "v", "b": "control", "system": "sft", "set": set_, "metric": metric, "difference": d,
+            "ci": [lo, hi], "n": n}
+
+
+SUMMARY = {
+    "control": "control", "missing": ["dora"],
+    "variants": [
+        {"variant": "control", "description": "the default recipe", "train_s": 600.0, "wall_s": 1200.0,
+         "cpu_kind": "AVX2", "trainable_params": 3797632, "differences": [],
+         "forgetting": [{"a": "sft", "b": "base_chat", "set": "plain_text", "metric": "mean_nll",
+                         "difference": 0.12, "ci": [0.08, 0.16], "n": 40}]},
+        {"variant": "rank-4", "description": "LoRA rank 4", "train_s": 540.0, "wall_s": 1100.0, "cpu_kind": "AVX2",
+         "trainable_params": 1000000, "forgetting": [],
+         "differences": [_diff("loss", "mean_nll", 0.05, 0.02, 0.08), _diff("heldout", "stop_rate", -0.2, -0.4, -0.05),
+                         _diff("ifeval", "prompt_level", 0.02, -0.05, 0.09, n=60)]},
+    ],
+}
+
+
+def test_table_shows_each_difference_with_its_interval_in_the_metric_unit():
+    table = ablation_table(SUMMARY).set_index("variant")
+    assert table.loc["rank-4", "held-out loss (nats/token)"] == "+0.05 [+0.02, +0.08]"
+    assert table.loc["rank-4", "stop rate (held-out)"] == "-20 pp [-40, -5]"
+    assert table.loc["control", "stop rate (held-out)"] == "–"  # the control is not compared with itself
+    assert table.loc["control", "forgetting (SFT − base, plain text)"] == "+0.12 [+0.08, +0.16]"
+    assert variants_table(SUMMARY).set_index("variant").loc["rank-4", "training (min)"] == 9.0
+
+
+def test_sentences_name_what_each_variant_changed_and_which_way():
+    text = ablation_sentences(SUMMARY)
+    assert "**rank-4** (LoRA rank 4): worse on held-out loss (nats/token) +0.05 [+0.02, +0.08], " \
+           "stop rate (held-out) -20 pp [-40, -5]." in text
+    assert "IFEval" not in text  # its interval includes zero
+    assert "control" not in text.split("\n")[0].split(":")[0]
+    assert "2 runs took 0.6 hours" in sweep_time_sentence(SUMMARY) and "dora" in sweep_time_sentence(SUMMARY)
+
+
+def test_plot_has_one_mark_per_variant_and_metric(tmp_path):
+    spec = chart_ablations(SUMMARY).to_dict()
+    values = next(iter(spec["datasets"].values()))
+    assert len(values) == 3 and {v["variant"] for v in values} == {"rank-4"}
+    stop = next(v for v in values if v["metric"] == "stop rate (held-out)")
+    assert (stop["difference"], stop["lo"], stop["hi"]) == (-20.0, -40.0, -5.0)  # rates in percentage points
+    assert stop["reading"] == "worse than the control"
+    assert load_summary(tmp_path) is None
+    (tmp_path / "summary.json").write_text(json.dumps(SUMMARY))
+    assert load_summary(tmp_path)["missing"] == ["dora"]
