@@ -116,17 +116,24 @@ def validate(config: dict) -> dict:
     return config
 
 
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
+    """A YAML file that must hold a mapping (a recipe, a sweep file); ConfigError names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
 def load_config(path: str | Path) -> dict:
     """Read and validate a YAML recipe; `name` defaults to the file's stem."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections, got {type(config).__name__}")
+    config = read_yaml_mapping(path)
     config.setdefault("name", path.stem)
     return validate(config)
 

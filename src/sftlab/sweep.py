@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import config_hash, validate
+from .config import config_hash, read_yaml_mapping, validate
 from .errors import ConfigError
 
 SWEEP_KEYS = {
@@ -74,12 +74,7 @@ def load_sweep(path: str | Path) -> dict:
     Returns {"name", "results": Path, "control_path", "recipes": {variant: recipe},
     "descriptions": {variant: str}}; a ConfigError names the file, variant and key at fault."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file not found: {path}")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    spec = read_yaml_mapping(path, "sweep file")
     unknown = sorted(set(spec) - set(SWEEP_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown sweep key(s) {', '.join(unknown)}; valid: {', '.join(SWEEP_KEYS)}")
@@ -95,7 +90,7 @@ def load_sweep(path: str | Path) -> dict:
     control_path = (path.parent / spec["control"]).resolve()
     if not control_path.is_file():
         raise ConfigError(f"{path}: control recipe {spec['control']} not found (looked at {control_path})")
-    control = yaml.safe_load(control_path.read_text()) or {}
+    control = read_yaml_mapping(control_path, "control recipe")
     base = merge(control, spec.get("budget") or {}, where=f"{path.name}: budget")
     recipes = {}
     for name, overrides in variants.items():
