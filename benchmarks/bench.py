@@ -439,9 +439,11 @@ def train_worker(job: dict) -> dict:
     if not variant["trainable_tokens"]:
         lora_cfg.pop("trainable_token_indices", None)
     lora = T.build_lora_config(lora_cfg, tokenizer, fmt)
+    # Training steps only: no checkpoints and no held-out evaluation (the recipe's eval_strategy
+    # would evaluate mid-run, with an eval set the benchmark does not build, and skew the timings).
     run = {"per_device_train_batch_size": s["batch_size"], "max_steps": s["warmup_steps"] + s["steps"],
-           "save_strategy": "no", "report_to": "none", "disable_tqdm": True, "seed": job["seed"],
-           "data_seed": job["seed"]}
+           "save_strategy": "no", "eval_strategy": "no", "report_to": "none", "disable_tqdm": True,
+           "seed": job["seed"], "data_seed": job["seed"]}
     out_dir = Path(job["work_dir"]) / job["variant"]
     if variant["kind"] == "trl":
         from datasets import Dataset

@@ -68,6 +68,8 @@ def test_killed_variant_resumes_and_finished_ones_are_skipped(tiny_recipe, tmp_p
     with pytest.raises(KeyboardInterrupt):
         run_sweep(path, progress=False)
     assert (results / "control" / "run.json").is_file() and (results / ".work-rank-2").is_dir()
+    # The killed sweep still has a summary of what finished, naming what did not.
+    assert json.loads((results / "summary.json").read_text())["missing"] == ["rank-2"]
     control_run = (results / "control" / "run.json").read_text()
 
     monkeypatch.setattr(experiment, "generate_sft", real)

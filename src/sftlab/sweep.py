@@ -21,7 +21,7 @@ recipe (`sftlab.config.validate`) before anything trains, and an error names the
 Each variant runs with `sftlab.experiment.run_experiment` into RESULTS/VARIANT/, its merged
 recipe written beside it as RESULTS/recipes/VARIANT.yaml. A finished variant whose recipe is
 unchanged is skipped and an interrupted one resumes from its checkpoint, so a killed sweep
-continues where it stopped. At the end RESULTS/summary.json holds, for every variant, its
+continues where it stopped. After each variant RESULTS/summary.json holds, for every finished variant, its
 paired differences from the control on the same prompts (`compare.paired_run_differences`)
 and its training time. Chapter 5's "What each choice did" reads it (`sftlab.book.ablations`).
 """
@@ -149,6 +149,7 @@ def run_sweep(path: str | Path, *, progress: bool = True, only: list[str] | None
         print(f"[sftlab sweep] {verb} variant {name} ({i} of {len(todo)}; "
               f"{len(order) - len(todo)} finished before)", flush=True)
         run_experiment(recipe_path, results_root=results, progress=progress, resume=states[name] == "interrupted")
+        write_summary(results, order, sweep["descriptions"])  # after each variant: a killed sweep keeps one
     return write_summary(results, order, sweep["descriptions"])
 
 
