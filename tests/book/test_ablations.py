@@ -48,6 +48,8 @@ def test_sentences_name_what_each_variant_changed_and_which_way():
     assert "**rank-4** (LoRA rank 4): worse on held-out loss (nats/token) +0.05 [+0.02, +0.08], " \
            "stop rate (held-out) -20 pp [-40, -5]." in text
     assert "IFEval" not in text  # its interval includes zero
+    markup = {**SUMMARY, "variants": [{**SUMMARY["variants"][1], "description": "no <end_of_turn> row"}]}
+    assert r"no \<end\_of\_turn\> row" in ablation_sentences(markup)  # shown, not read as an HTML tag
     assert "control" not in text.split("\n")[0].split(":")[0]
     assert "2 runs took 0.6 hours" in sweep_time_sentence(SUMMARY) and "dora" in sweep_time_sentence(SUMMARY)
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..stats import verdict
 from .catalog import SET_LABELS, metric_spec
-from .formatting import fmt_diff
+from .formatting import fmt_diff, md_escape
 
 # The rows of the ablation table and plot, in order: (prompt set, metric).
 ABLATION_METRICS = [("loss", "mean_nll"), ("heldout", "stop_rate"), ("ifeval", "prompt_level"),
@@ -35,7 +35,9 @@ def load_summary(folder: str | Path = "results/ablations") -> dict | None:
 
 def _column(set_: str, metric: str) -> str:
     m = metric_spec(metric, set_)
-    return m.label if set_ in ("loss", "plain_text") else f"{m.label} ({SET_LABELS[set_]})"
+    if set_ in ("loss", "plain_text") or SET_LABELS[set_].lower() in m.label.lower():
+        return m.label  # "IFEval prompt-level accuracy" names its prompt set already
+    return f"{m.label} ({SET_LABELS[set_]})"
 
 
 def _difference(row: dict, set_: str, metric: str) -> dict | None:
@@ -137,7 +139,7 @@ def ablation_sentences(summary: dict) -> str:
             reading = "no metric separable from the control"
         else:
             reading = "; ".join(f"{k} on {', '.join(v)}" for k, v in parts.items() if v)
-        lines.append(f"- **{row['variant']}** ({row['description']}): {reading}.")
+        lines.append(f"- **{row['variant']}** ({md_escape(row['description'])}): {reading}.")  # "<end_of_turn>" stays visible
     return "\n".join(lines)
 
 
