@@ -142,6 +142,7 @@ def run_sweep(path: str | Path, *, progress: bool = True, only: list[str] | None
     states = {n: variant_state(results, n, recipes[n]) for n in order}  # refuse before training anything
     (results / "recipes").mkdir(parents=True, exist_ok=True)
     todo = [n for n in order if states[n] != "done" and (not only or n in only)]
+    summary = None
     for i, name in enumerate(todo, 1):
         recipe_path = results / "recipes" / f"{name}.yaml"
         recipe_path.write_text(yaml.safe_dump(recipes[name], sort_keys=False))
@@ -149,8 +150,9 @@ def run_sweep(path: str | Path, *, progress: bool = True, only: list[str] | None
         print(f"[sftlab sweep] {verb} variant {name} ({i} of {len(todo)}; "
               f"{len(order) - len(todo)} finished before)", flush=True)
         run_experiment(recipe_path, results_root=results, progress=progress, resume=states[name] == "interrupted")
-        write_summary(results, order, sweep["descriptions"])  # after each variant: a killed sweep keeps one
-    return write_summary(results, order, sweep["descriptions"])
+        summary = write_summary(results, order, sweep["descriptions"])  # after each variant: a killed sweep keeps one
+    # Nothing ran (all finished, or --only named finished ones): write it once here.
+    return summary or write_summary(results, order, sweep["descriptions"])
 
 
 def write_summary(results: Path, order: list[str], descriptions: dict) -> Path:
