@@ -60,6 +60,16 @@ def test_ratios_divide_by_the_baseline_and_skip_failed_variants():
     assert bench.training_ratios({"trl-default": {"error": "x"}, "sftlab": variants["sftlab"]}) == {}
 
 
+def test_loss_agreement_holds_bf16_weights_to_their_own_tolerance():
+    base = {"first_batch_loss": 2.0}
+    close = {"trl-default": base, "sftlab": {"first_batch_loss": 2.00001},
+             "sftlab-bf16-weights": {"first_batch_loss": 2.03}}
+    diffs, outside = bench.loss_agreement(close)
+    assert outside == [] and max(diffs) < 1e-4  # the bf16 variant is not among the fp32 differences
+    far = {**close, "sftlab-bf16-weights": {"first_batch_loss": 2.3}, "sftlab-gc": {"first_batch_loss": 2.01}}
+    assert bench.loss_agreement(far)[1] == ["sftlab-bf16-weights", "sftlab-gc"]
+
+
 def test_table_aligns_numbers_right_and_shows_missing_values():
     table = bench.format_table(["variant", "tok/s"], [["trl-default", 42.0], ["sftlab", None]])
     lines = table.splitlines()
@@ -264,18 +274,26 @@ def test_smoke_run_end_to_end(tmp_path, tiny_model_dir):
     _write_conversations(data)
     out = tmp_path / "bench" / "bench.json"
     proc = subprocess.run([sys.executable, str(BENCH), "--smoke", "--model", str(tiny_model_dir), "--data", str(data),
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+                           "--out", str(out)], capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     bench.validate_result(result)
     variants = result["training"]["variants"]
     assert list(variants) == list(bench.VARIANTS)
     assert all(v["timed_steps"] == 2 and v["assistant_tokens_per_s"] > 0 for v in variants.values())
-    losses = [v["first_batch_loss"] for v in variants.values()]
-    assert max(losses) - min(losses) < 1e-5  # TRL's tokenization and sftlab's give the same tokens and labels
+    fp32 = [v["first_batch_loss"] for n, v in variants.items() if "loss_tolerance" not in bench.VARIANTS[n]]
+    assert max(fp32) - min(fp32) < 1e-5  # TRL's tokenization and sftlab's give the same tokens and labels
+    bf16 = variants["sftlab-bf16-weights"]
+    assert bf16["settings"]["weights_dtype"] == "bfloat16"
+    assert abs(bf16["first_batch_loss"] - fp32[0]) < bench.VARIANTS["sftlab-bf16-weights"]["loss_tolerance"]
+    assert result["training"]["first_batch_loss_outside_tolerance"] == []
     assert variants["sftlab-no-tt-padding-free"]["padding_fraction"] == 0.0
     assert variants["trl-default"]["settings"]["trainable_token_indices"] is None
     assert variants["sftlab"]["settings"]["trainable_token_indices"]
+    assert variants["sftlab-gc-every-2"]["settings"]["checkpoint_every_n_layers"] == 2
+    assert variants["sftlab-gc"]["settings"]["checkpoint_every_n_layers"] == 1
+    assert variants["sftlab-chunked-loss"]["settings"]["loss_chunk_size"] == 256
+    assert variants["sftlab"]["settings"]["loss_chunk_size"] is None
     assert result["generation"]["prompts"] == 4 and len(result["generation"]["runs"]) == 2
     assert result["loading"]["cached"]["seconds"] > 0
     assert "trl-default" in proc.stdout and "Generation" in proc.stdout

@@ -33,6 +33,7 @@ def test_shipped_configs_are_valid():
     "section,key,suggestion",
     [
         ("training", "learning_rte", "learning_rate"),
+        ("training", "loss_chunk_sise", "loss_chunk_size"),  # sftlab's own training key is suggested too
         ("lora", "lora_alpah", "lora_alpha"),
         ("model", "templte", "template"),
         ("data", "max_token", "max_tokens"),
@@ -44,6 +45,10 @@ def test_unknown_key_is_named_with_closest_valid_key(section, key, suggestion):
     with pytest.raises(ConfigError) as err:
         validate(config)
     assert f"'{section}.{key}'" in str(err.value) and f"'{suggestion}'" in str(err.value)
+
+
+def test_sftlab_training_keys_sit_beside_sftconfig_fields():
+    assert validate({**BASE, "training": {"learning_rate": 1e-4, "loss_chunk_size": 128}})
 
 
 def test_unknown_top_level_key_lists_valid_keys():

@@ -197,9 +197,10 @@ def test_disabled_adapter_is_exactly_the_base_model(chat_setup):
     assert torch.allclose(disabled, base_logits, atol=1e-6)
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_training_chunks_the_output_layer_only_under_gradient_checkpointing(chat_setup, tmp_path, monkeypatch,
-                                                                            checkpointing):
+@pytest.mark.parametrize("checkpointing, chunk, expected", [
+    (False, None, None), (True, None, "default"), (False, 3, 3), (True, 5, 5)])
+def test_training_chunks_the_output_layer_under_checkpointing_or_when_the_recipe_says(
+        chat_setup, tmp_path, monkeypatch, checkpointing, chunk, expected):
     import sftlab.train as T
 
     model, tok, fmt = chat_setup
@@ -214,7 +215,46 @@ def test_training_chunks_the_output_layer_only_under_gradient_checkpointing(chat
     ds, _ = encode_dataset(CONVS * 2, tok, max_length=None, progress=False)
     config = {"lora": {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"},
               "training": {"max_steps": 2, "per_device_train_batch_size": 2, "bf16": False,
-                           "gradient_checkpointing": checkpointing, "save_strategy": "no"}}
+                           "gradient_checkpointing": checkpointing, "save_strategy": "no",
+                           "loss_chunk_size": chunk}}
     peft_model, stats = T.train_lora(copy.deepcopy(model), tok, fmt, ds, ds, config, tmp_path, tmp_path / "log.jsonl")
     assert stats["global_steps"] == 2
-    assert seen and set(seen) == {T.LOSS_CHUNK_SIZE if checkpointing else None}
+    assert seen and set(seen) == {T.LOSS_CHUNK_SIZE if expected == "default" else expected}
+
+
+@pytest.mark.parametrize("bad", [0, -4, 2.5, "256", True])
+def test_a_bad_loss_chunk_size_is_an_error_naming_the_key(tmp_path, bad):
+    import sftlab.train as T
+
+    with pytest.raises(ConfigError, match="training.loss_chunk_size"):
+        T.build_sft_config({"loss_chunk_size": bad}, tmp_path, 0)
+
+
+def test_memory_saving_paths_train_the_same_adapter_as_the_plain_path(chat_setup, tmp_path):
+    """A chunked output layer and checkpointing every other layer only trade memory for
+    recompute: two steps from the same start give the same LoRA weights as the plain path."""
+    import sftlab.train as T
+
+    model, tok, fmt = chat_setup
+    ds, _ = encode_dataset(CONVS * 2, tok, max_length=None, progress=False)
+    plain = {"max_steps": 2, "per_device_train_batch_size": 2, "bf16": False, "save_strategy": "no",
+             "train_sampling_strategy": "sequential", "learning_rate": 1e-2}
+    variants = {"plain": {}, "chunked": {"loss_chunk_size": 3},
+                "every-2": {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"every_n_layers": 2}}}
+    weights = {}
+    for name, extra in variants.items():
+        torch.manual_seed(0)
+        config = {"seed": 0, "lora": {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"},
+                  "training": {**plain, **extra}}
+        peft_model, _ = T.train_lora(copy.deepcopy(model), tok, fmt, ds, None, config, tmp_path / name,
+                                     tmp_path / f"{name}.jsonl")
+        weights[name] = {k: v.detach().clone() for k, v in peft_model.named_parameters() if "lora_" in k}
+        if name == "every-2":  # half the decoder layers recompute, the others keep their activations
+            flags = [layer.gradient_checkpointing for layer in peft_model.get_base_model().model.layers]
+            assert len(flags) >= 2 and flags.count(True) == (len(flags) + 1) // 2, flags
+    assert weights["plain"]
+    # LoRA's B matrices start at zero: they moved, so the comparison below compares trained weights.
+    assert max(w.abs().max().item() for k, w in weights["plain"].items() if "lora_B" in k) > 1e-4
+    for name in ("chunked", "every-2"):
+        diff = max((w - weights["plain"][k]).abs().max().item() for k, w in weights[name].items())
+        assert diff < 1e-5, (name, diff)

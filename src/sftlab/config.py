@@ -26,7 +26,7 @@ TOP_KEYS = {
     "model": "which models to load and how to format chats (see MODEL_KEYS)",
     "data": "conversational data source, filters and split sizes (see sftlab.data.DATA_KEYS)",
     "lora": "peft.LoraConfig fields",
-    "training": "trl.SFTConfig fields",
+    "training": "trl.SFTConfig fields, plus sftlab's own (see TRAINING_KEYS)",
     "evaluation": "prompt sets, decoding and metrics (see EVAL_KEYS)",
 }
 
@@ -37,6 +37,13 @@ MODEL_KEYS = {
     "reference_template": "chat template for the reference model (native: its own)",
     "dtype": "weights dtype when loading: float32 | bfloat16 | float16 | auto",
     "allow_new_tokens": "let the template add missing turn tokens (trained via trainable_token_indices)",
+}
+
+# sftlab's own `training` keys, beside trl.SFTConfig's fields; `sftlab.train.build_sft_config`
+# takes them out before building the SFTConfig.
+TRAINING_KEYS = {
+    "loss_chunk_size": "labelled positions per output-layer chunk, each recomputed in the backward pass "
+                       "(null: 256 under gradient checkpointing, otherwise all at once)",
 }
 
 EVAL_KEYS = {
@@ -83,7 +90,7 @@ def _lora_keys() -> set[str]:
 def _training_keys() -> set[str]:
     from trl import SFTConfig
 
-    return {f.name for f in dataclasses.fields(SFTConfig)}
+    return {f.name for f in dataclasses.fields(SFTConfig)} | set(TRAINING_KEYS)
 
 
 def _check_keys(section: str, given: dict, allowed) -> None:

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from .chat import ChatFormat, encode_conversation
+from .config import TRAINING_KEYS
 from .errors import ConfigError
 
 
@@ -96,6 +97,10 @@ def build_sft_config(training_cfg: dict, output_dir: Path, seed: int):
     from trl import SFTConfig
 
     cfg = dict(training_cfg)
+    own = {key: cfg.pop(key) for key in TRAINING_KEYS if key in cfg}
+    chunk = own.get("loss_chunk_size")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ConfigError(f"training.loss_chunk_size is {chunk!r}; expected a positive whole number or null")
     if cfg.get("assistant_only_loss"):
         raise ConfigError(
             "training.assistant_only_loss must stay false: sftlab's encoder already supplies the assistant "
@@ -119,7 +124,10 @@ def build_sft_config(training_cfg: dict, output_dir: Path, seed: int):
     cfg.setdefault("save_steps", 25)
     cfg.setdefault("save_total_limit", 2)
     cfg.setdefault("logging_steps", 1)
-    return SFTConfig(output_dir=str(output_dir), **cfg)
+    args = SFTConfig(output_dir=str(output_dir), **cfg)
+    # Not an SFTConfig field: carried on the arguments object, where SftlabTrainer.compute_loss reads it.
+    args.loss_chunk_size = chunk
+    return args
 
 
 def _log_callback(path: Path):
@@ -143,8 +151,19 @@ def _log_callback(path: Path):
     return JsonlLog()
 
 
-# Labelled positions per output-layer chunk when training with gradient checkpointing.
+# Labelled positions per output-layer chunk when training with gradient checkpointing
+# (`training.loss_chunk_size` sets it for any recipe).
 LOSS_CHUNK_SIZE = 256
+
+
+def loss_chunk_size(args) -> int | None:
+    """The output-layer chunk for these arguments: the recipe's `loss_chunk_size`, else
+    LOSS_CHUNK_SIZE under gradient checkpointing (a recipe that recomputes activations to save
+    memory recomputes the output layer too), else None (all labelled positions at once)."""
+    chunk = getattr(args, "loss_chunk_size", None)
+    if chunk is not None:
+        return int(chunk)
+    return LOSS_CHUNK_SIZE if args.gradient_checkpointing else None
 
 
 def _labelled_hidden(model, inputs):
@@ -247,8 +266,7 @@ def _trainer_class():
         """SFTTrainer whose loss scores only labelled positions (see `labelled_position_loss`)."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            # A recipe that recomputes activations to save memory also recomputes the output layer in chunks.
-            chunk = LOSS_CHUNK_SIZE if self.args.gradient_checkpointing else None
+            chunk = loss_chunk_size(self.args)
             with self.accelerator.autocast():
                 loss = _through_wrapper(
                     model, self.accelerator.unwrap_model(model),
