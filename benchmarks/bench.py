@@ -44,6 +44,7 @@ DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
 DEFAULT_OUT = ROOT / "results" / "bench" / "bench.json"
 SCHEMA_VERSION = 1
 BASELINE = "trl-default"
+PROFILE_ROWS = 15  # operators listed per profiled variant (--profile)
 LOSS_TOLERANCE = 1e-4  # first-batch losses (fp32, same tokens and labels) must agree this closely
 
 # Sizes. The full ones are those of /work/shared/measured.md, so the figures compare.
@@ -298,6 +299,13 @@ def format_report(result: dict) -> str:
                                    if st.get(k) not in (None, 1))
                          + (f", weights={st['weights_dtype']}" if st.get("weights_dtype", "float32") != "float32"
                             else ""))
+    for name, v in variants.items():
+        prof = v.get("profile")
+        if prof:
+            rows = [[r["operator"][:60], r["self_s"], f"{100 * r['share']:.1f}%" if r["share"] is not None else None,
+                     r["calls"]] for r in prof["top"]]
+            lines += ["", f"Profile of {name}, step {prof['step']} ({prof['total_self_s']} s of operator self time)",
+                      format_table(["operator", "self s", "share", "calls"], rows)]
     gen = result["generation"]
     if "error" in gen:
         lines += ["", "Generation FAILED: " + gen["error"].splitlines()[-1]]
@@ -535,8 +543,14 @@ def train_worker(job: dict) -> dict:
         first_loss = float(T.labelled_position_loss(peft_model, batch))
     log(f"{job['variant']}: first-batch loss {first_loss:.6f}; training {run['max_steps']} steps")
 
+    profiler = step_profiler(s["warmup_steps"] + s["steps"]) if s.get("profile") else None
+    if profiler is not None:
+        trainer.args.max_steps += 1  # one more step, profiled, outside the timed ones
+        trainer.add_callback(profiler)
     trainer.train()
     steps = trainer.bench_steps()
+    if profiler is not None:
+        steps = steps[:-1]
     peak, kind = peak_memory()
     return {
         "about": variant["about"],
@@ -560,7 +574,45 @@ def train_worker(job: dict) -> dict:
         **summarize_steps(steps, s["warmup_steps"]),
         "peak_memory_bytes": peak,
         "peak_memory_kind": kind,
+        **({"profile": profiler.result} if profiler is not None else {}),
     }
+
+
+def top_operators(events, limit: int = PROFILE_ROWS) -> dict:
+    """The operators with the most self time in a profiled step: name, seconds, share, calls.
+
+    `events` are torch.profiler's key averages (anything with `key`, `self_cpu_time_total` in
+    microseconds and `count`). Self time counts each operator once, without what it calls, so the
+    shares add up to at most 1.
+    """
+    rows = sorted(((e.key, float(e.self_cpu_time_total), int(e.count)) for e in events), key=lambda r: -r[1])
+    total = sum(r[1] for r in rows)
+    top = [{"operator": name, "self_s": round(us / 1e6, 4), "share": round(us / total, 4) if total else None,
+            "calls": calls} for name, us, calls in rows[:limit]]
+    return {"total_self_s": round(total / 1e6, 4), "top": top}
+
+
+def step_profiler(step: int):
+    """Trainer callback: torch.profiler around the one optimizer step that starts after `step` steps;
+    its `result` holds `top_operators` of that step once it has run."""
+    import torch
+    from transformers import TrainerCallback
+
+    class StepProfiler(TrainerCallback):
+        def __init__(self):
+            self.prof, self.result = None, None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == step and self.prof is None:
+                self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                self.prof.start()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.prof is not None and self.result is None:
+                self.prof.stop()
+                self.result = {"step": step + 1, **top_operators(self.prof.key_averages())}
+
+    return StepProfiler()
 
 
 def generate_worker(job: dict) -> dict:
@@ -742,6 +794,9 @@ def parse_args(argv=None):
     p.add_argument("--generation-batch-size", type=int,
                    help="batched generation size (default: the recipe's evaluation.batch_size)")
     p.add_argument("--no-first-load", action="store_true", help="skip the first-load (dequantize) measurement")
+    p.add_argument("--profile", action="store_true",
+                   help="after the timed steps, profile one more step of each variant with torch.profiler: "
+                        "the operators that take the most time, printed and kept in the JSON")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -755,6 +810,7 @@ def make_settings(args, config: dict) -> dict:
         settings["conversations"] = args.conversations
     if args.no_first_load:
         settings["first_load"] = False
+    settings["profile"] = bool(args.profile)
     if args.generation_batch_size is not None:
         settings["generation_batch_size"] = args.generation_batch_size
     if settings["generation_batch_size"] is None:

@@ -70,6 +70,18 @@ def test_loss_agreement_holds_bf16_weights_to_their_own_tolerance():
     assert bench.loss_agreement(far)[1] == ["sftlab-bf16-weights", "sftlab-gc"]
 
 
+def test_top_operators_rank_by_self_time_with_shares():
+    from types import SimpleNamespace as E
+
+    events = [E(key="aten::mm", self_cpu_time_total=600_000, count=40),
+              E(key="aten::add", self_cpu_time_total=100_000, count=90),
+              E(key="aten::bmm", self_cpu_time_total=300_000, count=12)]
+    result = bench.top_operators(events, limit=2)
+    assert result["total_self_s"] == 1.0
+    assert [r["operator"] for r in result["top"]] == ["aten::mm", "aten::bmm"]
+    assert result["top"][0] == {"operator": "aten::mm", "self_s": 0.6, "share": 0.6, "calls": 40}
+
+
 def test_table_aligns_numbers_right_and_shows_missing_values():
     table = bench.format_table(["variant", "tok/s"], [["trl-default", 42.0], ["sftlab", None]])
     lines = table.splitlines()
@@ -274,13 +286,18 @@ def test_smoke_run_end_to_end(tmp_path, tiny_model_dir):
     _write_conversations(data)
     out = tmp_path / "bench" / "bench.json"
     proc = subprocess.run([sys.executable, str(BENCH), "--smoke", "--model", str(tiny_model_dir), "--data", str(data),
-                           "--out", str(out)], capture_output=True, text=True, timeout=1200)
+                           "--out", str(out), "--profile"], capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     bench.validate_result(result)
     variants = result["training"]["variants"]
     assert list(variants) == list(bench.VARIANTS)
     assert all(v["timed_steps"] == 2 and v["assistant_tokens_per_s"] > 0 for v in variants.values())
+    # --profile: one more step per variant, profiled and left out of the timed ones
+    ran = result["settings"]["warmup_steps"] + result["settings"]["steps"]
+    assert all(v["profile"]["step"] == ran + 1 and v["profile"]["top"] and len(v["steps"]) == ran
+               for v in variants.values())
+    assert f"Profile of sftlab, step {ran + 1}" in proc.stdout
     fp32 = [v["first_batch_loss"] for n, v in variants.items() if "loss_tolerance" not in bench.VARIANTS[n]]
     assert max(fp32) - min(fp32) < 1e-5  # TRL's tokenization and sftlab's give the same tokens and labels
     bf16 = variants["sftlab-bf16-weights"]
