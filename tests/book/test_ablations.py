@@ -8,6 +8,7 @@ from sftlab.book.ablations import (
     ablation_sentences,
     ablation_table,
     chart_ablations,
+    improvements_status,
     load_summary,
     sweep_time_sentence,
     variants_table,
@@ -52,6 +53,14 @@ def test_sentences_name_what_each_variant_changed_and_which_way():
     assert r"no \<end\_of\_turn\> row" in ablation_sentences(markup)  # shown, not read as an HTML tag
     assert "control" not in text.split("\n")[0].split(":")[0]
     assert "2 runs took 0.6 hours" in sweep_time_sentence(SUMMARY) and "dora" in sweep_time_sentence(SUMMARY)
+
+
+def test_improvements_list_says_which_were_measured_and_what_they_changed():
+    text = improvements_status(SUMMARY, ["rank-4", "dora"])
+    assert "\n- **rank-4**: worse on held-out loss (nats/token) +0.05 [+0.02, +0.08]" in text
+    assert text.endswith("Not run yet, so still proposals: dora.")
+    assert "none of them is measured" in improvements_status(None, ["dora"])
+    assert improvements_status(SUMMARY, ["dora"]).startswith("None of them has finished")
 
 
 def test_plot_has_one_mark_per_variant_and_metric(tmp_path):

@@ -122,25 +122,39 @@ def chart_ablations(summary: dict) -> alt.Chart:
         title="Each variant against the control, paired on the same prompts (rates in percentage points)")
 
 
+def _reading(row: dict) -> str:
+    """What a variant changed against the control: the metrics whose interval excludes zero, each way."""
+    parts = {"better": [], "worse": []}
+    for set_, metric in ABLATION_METRICS:
+        d = _difference(row, set_, metric)
+        m = metric_spec(metric, set_)
+        v = verdict(d, m.better)
+        if v in parts:
+            parts[v].append(f"{_column(set_, metric)} {fmt_diff(d, m.kind)}")
+    if not parts["better"] and not parts["worse"]:
+        return "no metric separable from the control"
+    return "; ".join(f"{k} on {', '.join(v)}" for k, v in parts.items() if v)
+
+
 def ablation_sentences(summary: dict) -> str:
     """One Markdown bullet per variant: the metrics on which its interval excludes zero, each way."""
-    lines = []
-    for row in summary["variants"]:
-        if row["variant"] == "control":
-            continue
-        parts = {"better": [], "worse": []}
-        for set_, metric in ABLATION_METRICS:
-            d = _difference(row, set_, metric)
-            m = metric_spec(metric, set_)
-            v = verdict(d, m.better)
-            if v in parts:
-                parts[v].append(f"{_column(set_, metric)} {fmt_diff(d, m.kind)}")
-        if not parts["better"] and not parts["worse"]:
-            reading = "no metric separable from the control"
-        else:
-            reading = "; ".join(f"{k} on {', '.join(v)}" for k, v in parts.items() if v)
-        lines.append(f"- **{row['variant']}** ({md_escape(row['description'])}): {reading}.")  # "<end_of_turn>" stays visible
-    return "\n".join(lines)
+    return "\n".join(f"- **{row['variant']}** ({md_escape(row['description'])}): {_reading(row)}."  # "<end_of_turn>" stays visible
+                      for row in summary["variants"] if row["variant"] != "control")
+
+
+def improvements_status(summary: dict | None, names: list[str]) -> str:
+    """For chapter 6's list of improvements: which of the sweep variants `names` have run, with what
+    each changed against the control, and which are still proposals."""
+    if summary is None:
+        return "The sweep has not been run for this edition, so none of them is measured yet."
+    done = {row["variant"]: row for row in summary["variants"]}
+    measured = [f"- **{name}**: {_reading(done[name])}." for name in names if name in done]
+    waiting = [name for name in names if name not in done]
+    text = ("Measured on the sweep's budget, each against its control:\n\n" + "\n".join(measured)
+            if measured else "None of them has finished in the committed sweep.")
+    if waiting:
+        text += f"\n\nNot run yet, so still proposals: {', '.join(waiting)}."
+    return text
 
 
 def sweep_time_sentence(summary: dict) -> str:
