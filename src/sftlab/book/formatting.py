@@ -67,13 +67,17 @@ def fmt_diff(entry: dict | None, kind: str = "score") -> str:
     if not entry or entry.get("difference") is None:
         return "–"
 
+    # Losses get a third decimal when the difference would otherwise print as +0.00: a small
+    # difference whose interval excludes zero must not read as "+0.00 [+0.00, +0.00]".
+    small = kind in ("nats", "ppl") and abs(entry["difference"]) < 0.005
+
     def one(v):
         if kind == "rate":
             return f"{100 * v:+.0f}"
         if kind == "length":
             return f"{v:+.1f}"
         if kind in ("nats", "ppl"):
-            return f"{v:+.2f}"
+            return f"{v:+.3f}" if small else f"{v:+.2f}"
         return f"{v:+.3f}"
 
     unit = " pp" if kind == "rate" else ""
