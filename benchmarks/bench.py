@@ -282,12 +282,12 @@ def format_report(result: dict) -> str:
     lines.append(f"first-batch loss: largest difference from {BASELINE} = {diff} "
                  f"(tolerance {LOSS_TOLERANCE}: {verdict})")
     base_loss = (variants.get(BASELINE) or {}).get("first_batch_loss")
+    outside = set(loss_agreement(variants)[1])  # the verdicts, as main() decides them
     for name, v in variants.items():
         own = VARIANTS.get(name, {}).get("loss_tolerance")
         if own is not None and "first_batch_loss" in v and base_loss is not None:
-            d = abs(v["first_batch_loss"] - base_loss)
-            lines.append(f"  {name}: difference {d:.6f} (its own tolerance {own}: "
-                         f"{'agree' if d <= own else 'DISAGREE'})")
+            lines.append(f"  {name}: difference {abs(v['first_batch_loss'] - base_loss):.6f} (its own tolerance "
+                         f"{own}: {'DISAGREE' if name in outside else 'agree'})")
     for name, v in variants.items():
         if "settings" in v:
             st = v["settings"]
