@@ -51,6 +51,15 @@ def test_training_config_table_explains_every_field(results, recipe):
     assert df.loc[("SFTConfig", "bf16"), "value"] == "auto → True on this machine"
 
 
+def test_training_config_table_explains_sftlab_own_training_keys(results):
+    import copy
+
+    own = copy.copy(results)
+    own.config = {**results.config, "training": {"loss_chunk_size": 256}}
+    df = tables.training_config_table(own)
+    assert df.loc[("SFTConfig", "loss_chunk_size"), "meaning"].startswith("labelled positions per output-layer chunk")
+
+
 def test_run_summary_and_which_run_note(results):
     df = tables.run_summary_table(results)
     assert df.loc["trainable parameters", "value"] == "3.80 M (1.40% of 271.9 M)"

@@ -20,6 +20,7 @@ from .catalog import (
     label,
     metric_spec,
 )
+from ..config import TRAINING_KEYS
 from .formatting import fmt_ci, fmt_count, fmt_diff, fmt_duration, fmt_field, fmt_params, fmt_value
 from .results import Results, comparison, metric_entry, samples
 
@@ -308,7 +309,8 @@ def training_config_table(results: Results) -> pd.DataFrame:
             shown = fmt_field(value)
             if key == "bf16" and value == "auto" and resolved_bf16 is not None:
                 shown = f"auto → {resolved_bf16} on this machine"
-            meaning = FIELD_MEANINGS.get((section, key)) or _library_help(section, key)
+            own = TRAINING_KEYS.get(key) if section == "training" else None  # sftlab's own keys: no library help
+            meaning = FIELD_MEANINGS.get((section, key)) or own or _library_help(section, key)
             rows.append({"section": "LoraConfig" if section == "lora" else "SFTConfig",
                          "field": key, "value": shown, "meaning": meaning})
     return pd.DataFrame(rows, columns=["section", "field", "value", "meaning"]).set_index(["section", "field"])
