@@ -103,7 +103,20 @@ VARIANTS = {
         "kind": "sftlab",
         "trainable_tokens": True,
         "training": {"loss_chunk_size": 256},
-        "about": "sftlab + the output layer in checkpointed chunks of 256 labelled positions (no other recompute)",
+        "about": "sftlab + the output layer in chunks of 256 labelled positions, each chunk's gradients "
+                 "computed at once (no recompute)",
+    },
+    # LoRA dropout draws a random mask for the input of each of the 7 adapted projections in every
+    # layer (aten::bernoulli_, 7% of a step in the profile, 10% under checkpointing, which draws
+    # them again) and keeps the masked copies for the backward pass. Not a fast path at equal
+    # training: dropout is a regularizer, so dropping it changes what is learned (the first-batch
+    # loss, computed without dropout, agrees).
+    "sftlab-chunked-no-dropout": {
+        "kind": "sftlab",
+        "trainable_tokens": True,
+        "training": {"loss_chunk_size": 256},
+        "lora": {"lora_dropout": 0.0},
+        "about": "sftlab-chunked-loss + lora_dropout 0 (no dropout masks)",
     },
     # transformers' own selective checkpointing (`every_n_layers`, transformers >= 5.2x). TRL's
     # `gradient_checkpointing_kwargs={"selective": True}` (keep attention outputs) is not measured: with
@@ -114,6 +127,13 @@ VARIANTS = {
         "trainable_tokens": True,
         "training": {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"every_n_layers": 2}},
         "about": "sftlab + checkpointing every other decoder layer (half the recompute of sftlab-gc)",
+    },
+    "sftlab-gc-every-2-no-dropout": {
+        "kind": "sftlab",
+        "trainable_tokens": True,
+        "training": {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"every_n_layers": 2}},
+        "lora": {"lora_dropout": 0.0},
+        "about": "sftlab-gc-every-2 + lora_dropout 0",
     },
     # Frozen weights stored in bf16 once (LoRA weights, the trainable row and optimizer state stay
     # fp32: PEFT keeps adapter weights in fp32), instead of fp32 weights that autocast casts at every
@@ -501,7 +521,7 @@ def train_worker(job: dict) -> dict:
     s = job["settings"]
     model, tokenizer, fmt, load_s = _load(job)
     convs = _read_jsonl(job["conversations"])
-    lora_cfg = dict(job["lora"])
+    lora_cfg = {**job["lora"], **variant.get("lora", {})}
     if not variant["trainable_tokens"]:
         lora_cfg.pop("trainable_token_indices", None)
     lora = T.build_lora_config(lora_cfg, tokenizer, fmt)
@@ -564,6 +584,7 @@ def train_worker(job: dict) -> dict:
             "padding_free": bool(getattr(args, "padding_free", False)),
             "train_sampling_strategy": args.train_sampling_strategy,
             "trainable_token_indices": list(lora.trainable_token_indices or []) or None,
+            "lora_dropout": lora.lora_dropout,
             "max_length": args.max_length,
             "trainer": type(trainer).__mro__[1].__name__,
             "loss": "TRL fused LM head" if variant["kind"] == "trl" else "sftlab labelled-position loss",

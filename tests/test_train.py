@@ -64,23 +64,34 @@ def test_labelled_position_loss_with_lora_and_trainable_end_of_turn(chat_setup):
     assert token_grads and any(g.abs().sum() > 0 for g in token_grads)  # the <end_of_turn> row learns
 
 
-def test_chunked_loss_gives_the_same_loss_and_gradients(chat_setup):
-    # Under gradient checkpointing the output layer runs a few labelled positions at a time
-    # and is recomputed in backward: loss and every gradient (LoRA and the <end_of_turn> row) must not change.
+def _chunk_setup(chat_setup, fast_rows):
     from peft import get_peft_model
+
+    from sftlab.train import fast_trainable_tokens
 
     model, tok, fmt = chat_setup
     lora = build_lora_config({"r": 4, "lora_alpha": 8, "target_modules": "all-linear", "init_lora_weights": False,
                               "trainable_token_indices": ["<end_of_turn>"]}, tok, fmt)
     peft_model = get_peft_model(model, lora)
+    if fast_rows:
+        assert fast_trainable_tokens(peft_model) == 2
     batch = _batch(tok, CONVS)
     n_labelled = int((batch["labels"][:, 1:] != -100).sum())
     assert n_labelled > 3  # so that chunks of 3 really split the positions
+    return peft_model, batch, n_labelled
+
+
+@pytest.mark.parametrize("fast_rows", [False, True], ids=["peft-rows", "row-only"])
+def test_chunked_loss_gives_the_same_loss_and_gradients(chat_setup, fast_rows):
+    # With loss_chunk_size (and under gradient checkpointing) the output layer runs a few labelled
+    # positions at a time, each chunk's gradients computed at once: loss and every gradient (LoRA
+    # and the <end_of_turn> row, which reaches the output layer through the tied embedding) must not change.
+    peft_model, batch, _ = _chunk_setup(chat_setup, fast_rows)
 
     def loss_and_grads(chunk_size):
         peft_model.zero_grad()
         loss = labelled_position_loss(peft_model, batch, chunk_size=chunk_size)
-        loss.backward()
+        (loss * 0.5).backward()  # a scaled loss, as gradient accumulation gives: the chunks' gradients scale too
         return loss.detach(), {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.grad is not None}
 
     whole, grads = loss_and_grads(None)
@@ -89,6 +100,24 @@ def test_chunked_loss_gives_the_same_loss_and_gradients(chat_setup):
     assert grads.keys() == chunked_grads.keys() and any("token_adapter" in n for n in grads)
     for name in grads:
         assert torch.allclose(chunked_grads[name], grads[name], atol=1e-6, rtol=1e-4), name
+    with torch.no_grad():  # evaluation: the chunks are only summed
+        assert torch.allclose(labelled_position_loss(peft_model, batch, chunk_size=3), whole, atol=1e-6)
+
+
+def test_chunked_loss_runs_the_output_layer_once_per_chunk(chat_setup):
+    # The point of computing each chunk's gradients at once: the 262k-way output layer is not run
+    # again in the backward pass, as activation checkpointing would.
+    import math
+
+    peft_model, batch, n_labelled = _chunk_setup(chat_setup, fast_rows=True)
+    head = peft_model.get_base_model().lm_head
+    calls = []
+    hook = head.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        labelled_position_loss(peft_model, batch, chunk_size=3).backward()
+    finally:
+        hook.remove()
+    assert len(calls) == math.ceil(n_labelled / 3)
 
 
 def test_row_only_trainable_tokens_give_the_same_loss_and_gradients(chat_setup, tmp_path):

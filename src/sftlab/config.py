@@ -42,8 +42,8 @@ MODEL_KEYS = {
 # sftlab's own `training` keys, beside trl.SFTConfig's fields; `sftlab.train.build_sft_config`
 # takes them out before building the SFTConfig.
 TRAINING_KEYS = {
-    "loss_chunk_size": "labelled positions per output-layer chunk, each recomputed in the backward pass "
-                       "(null: 256 under gradient checkpointing, otherwise all at once)",
+    "loss_chunk_size": "labelled positions per output-layer chunk, each chunk's gradients computed at once so "
+                       "its logits are freed (null: 256 under gradient checkpointing, otherwise all at once)",
 }
 
 EVAL_KEYS = {
