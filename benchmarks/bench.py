@@ -128,6 +128,22 @@ VARIANTS = {
         "training": {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"every_n_layers": 2}},
         "about": "sftlab + checkpointing every other decoder layer (half the recompute of sftlab-gc)",
     },
+    # Gradient accumulation: the same 4 conversations per optimizer step, in 2 forward/backward passes
+    # of 2, so only half the activations exist at once. Same loss and gradients (transformers scales
+    # each micro-batch by the step's labelled-token count); smaller batches also pad less.
+    "sftlab-chunked-accum-2": {
+        "kind": "sftlab",
+        "trainable_tokens": True,
+        "training": {"loss_chunk_size": 256, "gradient_accumulation_steps": 2},
+        "about": "sftlab-chunked-loss in 2 micro-batches per step (gradient accumulation: half the activations)",
+    },
+    "sftlab-chunked-accum-2-no-dropout": {
+        "kind": "sftlab",
+        "trainable_tokens": True,
+        "training": {"loss_chunk_size": 256, "gradient_accumulation_steps": 2},
+        "lora": {"lora_dropout": 0.0},
+        "about": "sftlab-chunked-accum-2 + lora_dropout 0",
+    },
     "sftlab-gc-every-2-no-dropout": {
         "kind": "sftlab",
         "trainable_tokens": True,
@@ -486,6 +502,8 @@ def _timed_trainer(cls):
         def on_step_begin(self, args, state, control, **kwargs):
             _sync()
             self.trainer.bench_starts.append(time.perf_counter())
+            # one optimizer step: its micro-batches (gradient accumulation) add their tokens here
+            self.trainer.bench_counts.append({"assistant_tokens": 0, "tokens": 0, "positions": 0})
 
         def on_train_end(self, args, state, control, **kwargs):
             _sync()
@@ -500,8 +518,10 @@ def _timed_trainer(cls):
         def training_step(self, model, inputs, *args, **kwargs):
             labels = inputs["labels"]
             tokens = inputs["attention_mask"].sum() if "attention_mask" in inputs else torch.tensor(labels.numel())
-            self.bench_counts.append({"assistant_tokens": int((labels != -100).sum()), "tokens": int(tokens),
-                                      "positions": int(labels.numel())})
+            step = self.bench_counts[-1]
+            step["assistant_tokens"] += int((labels != -100).sum())
+            step["tokens"] += int(tokens)
+            step["positions"] += int(labels.numel())
             return super().training_step(model, inputs, *args, **kwargs)
 
         def bench_steps(self):
@@ -527,7 +547,11 @@ def train_worker(job: dict) -> dict:
     lora = T.build_lora_config(lora_cfg, tokenizer, fmt)
     # Training steps only: no checkpoints and no held-out evaluation (the recipe's eval_strategy
     # would evaluate mid-run, with an eval set the benchmark does not build, and skew the timings).
-    run = {"per_device_train_batch_size": s["batch_size"], "max_steps": s["warmup_steps"] + s["steps"],
+    # `batch_size` conversations per optimizer step, in `gradient_accumulation_steps` micro-batches
+    accum = int({**job["training"], **variant.get("training", {})}.get("gradient_accumulation_steps") or 1)
+    if s["batch_size"] % accum:
+        raise ValueError(f"{job['variant']}: batch size {s['batch_size']} does not split into {accum} micro-batches")
+    run = {"per_device_train_batch_size": s["batch_size"] // accum, "max_steps": s["warmup_steps"] + s["steps"],
            "save_strategy": "no", "eval_strategy": "no", "report_to": "none", "disable_tqdm": True,
            "seed": job["seed"], "data_seed": job["seed"]}
     out_dir = Path(job["work_dir"]) / job["variant"]
@@ -585,6 +609,7 @@ def train_worker(job: dict) -> dict:
             "train_sampling_strategy": args.train_sampling_strategy,
             "trainable_token_indices": list(lora.trainable_token_indices or []) or None,
             "lora_dropout": lora.lora_dropout,
+            "gradient_accumulation_steps": int(args.gradient_accumulation_steps),
             "max_length": args.max_length,
             "trainer": type(trainer).__mro__[1].__name__,
             "loss": "TRL fused LM head" if variant["kind"] == "trl" else "sftlab labelled-position loss",

@@ -311,6 +311,15 @@ def test_smoke_run_end_to_end(tmp_path, tiny_model_dir):
     assert variants["sftlab-gc"]["settings"]["checkpoint_every_n_layers"] == 1
     assert variants["sftlab-chunked-loss"]["settings"]["loss_chunk_size"] == 256
     assert variants["sftlab"]["settings"]["loss_chunk_size"] is None
+    # the dropout variants override the recipe's LoRA dropout, and only theirs
+    assert variants["sftlab-chunked-no-dropout"]["settings"]["lora_dropout"] == 0.0
+    assert variants["sftlab-gc-every-2-no-dropout"]["settings"]["lora_dropout"] == 0.0
+    assert variants["sftlab"]["settings"]["lora_dropout"] == variants["trl-default"]["settings"]["lora_dropout"] > 0
+    # gradient accumulation: the same conversations per optimizer step, counted once per step
+    accum = variants["sftlab-chunked-accum-2"]
+    assert accum["settings"]["gradient_accumulation_steps"] == 2 and variants["sftlab"]["settings"]["gradient_accumulation_steps"] == 1
+    assert len(accum["steps"]) == ran  # both micro-batches of a step are in that step's counts:
+    assert sum(s["assistant_tokens"] for s in accum["steps"]) == sum(s["assistant_tokens"] for s in variants["sftlab"]["steps"])
     assert result["generation"]["prompts"] == 4 and len(result["generation"]["runs"]) == 2
     assert result["loading"]["cached"]["seconds"] > 0
     assert "trl-default" in proc.stdout and "Generation" in proc.stdout

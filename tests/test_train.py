@@ -260,8 +260,8 @@ def test_a_bad_loss_chunk_size_is_an_error_naming_the_key(tmp_path, bad):
 
 
 def test_memory_saving_paths_train_the_same_adapter_as_the_plain_path(chat_setup, tmp_path):
-    """A chunked output layer and checkpointing every other layer only trade memory for
-    recompute: two steps from the same start give the same LoRA weights as the plain path."""
+    """A chunked output layer, checkpointing every other layer and gradient accumulation only
+    trade memory for time: two steps from the same start give the same LoRA weights as the plain path."""
     import sftlab.train as T
 
     model, tok, fmt = chat_setup
@@ -269,7 +269,10 @@ def test_memory_saving_paths_train_the_same_adapter_as_the_plain_path(chat_setup
     plain = {"max_steps": 2, "per_device_train_batch_size": 2, "bf16": False, "save_strategy": "no",
              "train_sampling_strategy": "sequential", "learning_rate": 1e-2}
     variants = {"plain": {}, "chunked": {"loss_chunk_size": 3},
-                "every-2": {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"every_n_layers": 2}}}
+                "every-2": {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"every_n_layers": 2}},
+                # the same 2 conversations per step in 2 micro-batches of 1: each is scaled by the
+                # step's labelled-token count, not averaged on its own and then halved
+                "accum-2": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 2}}
     weights = {}
     for name, extra in variants.items():
         torch.manual_seed(0)
@@ -284,6 +287,6 @@ def test_memory_saving_paths_train_the_same_adapter_as_the_plain_path(chat_setup
     assert weights["plain"]
     # LoRA's B matrices start at zero: they moved, so the comparison below compares trained weights.
     assert max(w.abs().max().item() for k, w in weights["plain"].items() if "lora_B" in k) > 1e-4
-    for name in ("chunked", "every-2"):
+    for name in ("chunked", "every-2", "accum-2"):
         diff = max((w - weights["plain"][k]).abs().max().item() for k, w in weights[name].items())
         assert diff < 1e-5, (name, diff)
