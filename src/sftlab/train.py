@@ -195,65 +195,6 @@ def _chunk_loss_sum(inner, hidden, targets):
     return F.cross_entropy(_project(inner, hidden), targets, reduction="sum")
 
 
-def _fused_chunked_head():
-    """The autograd Function behind `_FusedChunkedHead` (built on first use: torch imports lazily here)."""
-    import torch
-
-    class FusedChunkedHead(torch.autograd.Function):
-        """Summed cross-entropy of the output layer over labelled positions, chunk by chunk, with
-        each chunk's gradients computed in the forward pass.
-
-        Hand-written because neither TRL nor PEFT has a CPU one: Liger's fused linear cross-entropy
-        does this on GPUs (Triton), and TRL's fused LM head scores every position and reads
-        `lm_head.bias`, which PEFT's trainable-token wrapper on a tied head does not expose. The
-        output layer stays a black box (PEFT wrappers, the trainable `<end_of_turn>` row, Gemma's
-        softcap): each chunk runs `_chunk_loss_sum` and `torch.autograd.grad` for the hidden states
-        and the output layer's trainable parameters, which are this Function's inputs so that
-        their gradients reach the optimizer (and DDP's hooks) through the usual backward pass.
-        Activation checkpointing (`torch.utils.checkpoint`) would free the logits too, but it runs
-        the [positions x 262144] product once more in backward: about a fifth of a step on a CPU.
-        """
-
-        @staticmethod
-        def forward(ctx, inner, chunk_size, hidden, targets, *params):
-            grad_hidden = torch.empty_like(hidden)
-            grad_params = [torch.zeros_like(p) for p in params]
-            total = hidden.new_zeros((), dtype=torch.float32)
-            with torch.enable_grad():
-                for i in range(0, hidden.shape[0], chunk_size):
-                    h = hidden[i:i + chunk_size].detach().requires_grad_(True)
-                    loss = _chunk_loss_sum(inner, h, targets[i:i + chunk_size])
-                    grads = torch.autograd.grad(loss, [h, *params], allow_unused=True)
-                    grad_hidden[i:i + chunk_size] = grads[0]
-                    for acc, g in zip(grad_params, grads[1:]):
-                        if g is not None:  # a parameter this chunk's targets do not reach
-                            acc += g
-                    total += loss.detach().float()
-            ctx.save_for_backward(grad_hidden, *grad_params)
-            return total
-
-        @staticmethod
-        def backward(ctx, grad_out):
-            grad_hidden, *grad_params = ctx.saved_tensors
-            scale = grad_out.to(grad_hidden.dtype)
-            return (None, None, grad_hidden * scale, None,
-                    *(g * grad_out.to(g.dtype) for g in grad_params))
-
-    return FusedChunkedHead
-
-
-class _FusedChunkedHead:
-    """Lazy handle: `_FusedChunkedHead.apply(inner, chunk_size, hidden, targets, *params)`."""
-
-    _cls = None
-
-    @classmethod
-    def apply(cls, *args):
-        if cls._cls is None:
-            cls._cls = _fused_chunked_head()
-        return cls._cls.apply(*args)
-
-
 def labelled_logits(model, inputs):
     """Logits at the positions whose next token is labelled, with those targets.
 
@@ -277,7 +218,7 @@ def labelled_position_loss(model, inputs, num_items_in_batch=None, chunk_size: i
     tokens (tests compare the two); see `labelled_logits`.
 
     With `chunk_size`, the labelled positions go through the output layer `chunk_size`
-    at a time, and each chunk's gradients are computed right away (`_FusedChunkedHead`):
+    at a time, and each chunk's gradients are computed right away (`sftlab.fused_head`):
     its [chunk, 262144] logits are freed before the next chunk, and nothing is recomputed
     in the backward pass. Same loss and gradients (tested), less peak memory, no extra
     output-layer product. Without gradients (evaluation) the chunks are only summed.
@@ -288,8 +229,10 @@ def labelled_position_loss(model, inputs, num_items_in_batch=None, chunk_size: i
     if chunk_size is None or hidden.shape[0] <= chunk_size:
         loss_sum = _chunk_loss_sum(inner, hidden, targets)
     elif torch.is_grad_enabled():
+        from .fused_head import chunked_loss_sum
+
         params = [p for p in inner.lm_head.parameters() if p.requires_grad]
-        loss_sum = _FusedChunkedHead.apply(inner, chunk_size, hidden, targets, *params)
+        loss_sum = chunked_loss_sum(lambda h, t: _chunk_loss_sum(inner, h, t), chunk_size, hidden, targets, params)
     else:
         loss_sum = sum(_chunk_loss_sum(inner, hidden[i:i + chunk_size], targets[i:i + chunk_size])
                        for i in range(0, hidden.shape[0], chunk_size))
