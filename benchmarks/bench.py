@@ -106,18 +106,6 @@ VARIANTS = {
         "about": "sftlab + the output layer in chunks of 256 labelled positions, each chunk's gradients "
                  "computed at once (no recompute)",
     },
-    # LoRA dropout draws a random mask for the input of each of the 7 adapted projections in every
-    # layer (aten::bernoulli_, 7% of a step in the profile, 10% under checkpointing, which draws
-    # them again) and keeps the masked copies for the backward pass. Not a fast path at equal
-    # training: dropout is a regularizer, so dropping it changes what is learned (the first-batch
-    # loss, computed without dropout, agrees).
-    "sftlab-chunked-no-dropout": {
-        "kind": "sftlab",
-        "trainable_tokens": True,
-        "training": {"loss_chunk_size": 256},
-        "lora": {"lora_dropout": 0.0},
-        "about": "sftlab-chunked-loss + lora_dropout 0 (no dropout masks)",
-    },
     # transformers' own selective checkpointing (`every_n_layers`, transformers >= 5.2x). TRL's
     # `gradient_checkpointing_kwargs={"selective": True}` (keep attention outputs) is not measured: with
     # transformers 5.24 the Trainer enables checkpointing through `activation_checkpointing_enable`,
@@ -136,20 +124,6 @@ VARIANTS = {
         "trainable_tokens": True,
         "training": {"loss_chunk_size": 256, "gradient_accumulation_steps": 2},
         "about": "sftlab-chunked-loss in 2 micro-batches per step (gradient accumulation: half the activations)",
-    },
-    "sftlab-chunked-accum-2-no-dropout": {
-        "kind": "sftlab",
-        "trainable_tokens": True,
-        "training": {"loss_chunk_size": 256, "gradient_accumulation_steps": 2},
-        "lora": {"lora_dropout": 0.0},
-        "about": "sftlab-chunked-accum-2 + lora_dropout 0",
-    },
-    "sftlab-gc-every-2-no-dropout": {
-        "kind": "sftlab",
-        "trainable_tokens": True,
-        "training": {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"every_n_layers": 2}},
-        "lora": {"lora_dropout": 0.0},
-        "about": "sftlab-gc-every-2 + lora_dropout 0",
     },
     # Frozen weights stored in bf16 once (LoRA weights, the trainable row and optimizer state stay
     # fp32: PEFT keeps adapter weights in fp32), instead of fp32 weights that autocast casts at every
@@ -181,6 +155,15 @@ VARIANTS = {
         "about": "sftlab-no-tt + padding-free batches",
     },
 }
+
+# LoRA dropout draws a random mask for the input of each of the 7 adapted projections in every
+# layer (aten::bernoulli_, 7% of a step in the profile, 10% under checkpointing, which draws them
+# again) and keeps the masked copies for the backward pass. Not a fast path at equal training:
+# dropout is a regularizer, so dropping it changes what is learned (the first-batch loss, computed
+# without dropout, agrees). Each `NAME-no-dropout` is NAME with `lora_dropout: 0`.
+for _name in ("sftlab-chunked-loss", "sftlab-chunked-accum-2", "sftlab-gc-every-2"):
+    VARIANTS[_name.replace("-loss", "") + "-no-dropout"] = {
+        **VARIANTS[_name], "lora": {"lora_dropout": 0.0}, "about": f"{_name} + lora_dropout 0 (no dropout masks)"}
 
 NOTES = [
     "trl-default trains no <end_of_turn> embedding row: TRL's fused output layer reads lm_head.bias, which "
@@ -548,7 +531,8 @@ def train_worker(job: dict) -> dict:
     # Training steps only: no checkpoints and no held-out evaluation (the recipe's eval_strategy
     # would evaluate mid-run, with an eval set the benchmark does not build, and skew the timings).
     # `batch_size` conversations per optimizer step, in `gradient_accumulation_steps` micro-batches
-    accum = int({**job["training"], **variant.get("training", {})}.get("gradient_accumulation_steps") or 1)
+    recipe_training = {**job["training"], **variant.get("training", {})}
+    accum = int(recipe_training.get("gradient_accumulation_steps") or 1)
     if s["batch_size"] % accum:
         raise ValueError(f"{job['variant']}: batch size {s['batch_size']} does not split into {accum} micro-batches")
     run = {"per_device_train_batch_size": s["batch_size"] // accum, "max_steps": s["warmup_steps"] + s["steps"],
@@ -568,7 +552,7 @@ def train_worker(job: dict) -> dict:
         dataset, skipped = T.encode_dataset(convs, tokenizer, max_length=s["max_length"], progress=False)
         if skipped:
             raise RuntimeError(f"encode_dataset skipped conversations that the selection kept: {dict(skipped)}")
-        training = {**job["training"], **variant.get("training", {}), **run, "max_length": s["max_length"]}
+        training = {**recipe_training, **run, "max_length": s["max_length"]}
         training.setdefault("train_sampling_strategy", "sequential")
         args = T.build_sft_config(training, out_dir, job["seed"])
         trainer_cls = T._trainer_class()
