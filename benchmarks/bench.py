@@ -99,12 +99,36 @@ VARIANTS = {
         "training": {"gradient_checkpointing": True},
         "about": "sftlab-no-tt + gradient checkpointing: memory like for like with trl-default",
     },
-    "sftlab-chunked-loss": {
+    # The recipe's three speed settings, each undone on its own (configs/default.yaml adopted them on
+    # 2026-12-02), and all three together: the recipe as it was before.
+    "sftlab-unfused": {
         "kind": "sftlab",
         "trainable_tokens": True,
-        "training": {"loss_chunk_size": 256},
-        "about": "sftlab + the output layer in chunks of 256 labelled positions, each chunk's gradients "
-                 "computed at once (no recompute)",
+        "training": {"loss_chunk_size": None},
+        "about": "sftlab with the output layer over all labelled positions at once (no fused chunks)",
+    },
+    "sftlab-one-pass": {
+        "kind": "sftlab",
+        "trainable_tokens": True,
+        "training": {"gradient_accumulation_steps": 1},
+        "about": "sftlab with each step's conversations in one forward/backward pass (no gradient accumulation)",
+    },
+    "sftlab-dropout": {
+        "kind": "sftlab",
+        "trainable_tokens": True,
+        "lora": {"lora_dropout": 0.05},
+        # Dropout draws a random mask for the input of each of the 7 adapted projections in every layer
+        # (aten::bernoulli_: 7% of a step in the 2026-12-02 profile, 10% under checkpointing, which draws
+        # them again) and keeps the masked copies for backward. A regularizer, so not a speed setting at
+        # equal training: configs/ablations.yaml's `no-dropout` variant measures what it changes.
+        "about": "sftlab with LoRA dropout 0.05 (a random mask per adapted projection, kept for backward)",
+    },
+    "sftlab-2026-12-01": {
+        "kind": "sftlab",
+        "trainable_tokens": True,
+        "training": {"loss_chunk_size": None, "gradient_accumulation_steps": 1},
+        "lora": {"lora_dropout": 0.05},
+        "about": "the recipe until 2026-12-01: unfused output layer, one pass per step, LoRA dropout 0.05",
     },
     # transformers' own selective checkpointing (`every_n_layers`, transformers >= 5.2x). TRL's
     # `gradient_checkpointing_kwargs={"selective": True}` (keep attention outputs) is not measured: with
@@ -115,15 +139,6 @@ VARIANTS = {
         "trainable_tokens": True,
         "training": {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"every_n_layers": 2}},
         "about": "sftlab + checkpointing every other decoder layer (half the recompute of sftlab-gc)",
-    },
-    # Gradient accumulation: the same 4 conversations per optimizer step, in 2 forward/backward passes
-    # of 2, so only half the activations exist at once. Same loss and gradients (transformers scales
-    # each micro-batch by the step's labelled-token count); smaller batches also pad less.
-    "sftlab-chunked-accum-2": {
-        "kind": "sftlab",
-        "trainable_tokens": True,
-        "training": {"loss_chunk_size": 256, "gradient_accumulation_steps": 2},
-        "about": "sftlab-chunked-loss in 2 micro-batches per step (gradient accumulation: half the activations)",
     },
     # Frozen weights stored in bf16 once (LoRA weights, the trainable row and optimizer state stay
     # fp32: PEFT keeps adapter weights in fp32), instead of fp32 weights that autocast casts at every
@@ -155,15 +170,6 @@ VARIANTS = {
         "about": "sftlab-no-tt + padding-free batches",
     },
 }
-
-# LoRA dropout draws a random mask for the input of each of the 7 adapted projections in every
-# layer (aten::bernoulli_, 7% of a step in the profile, 10% under checkpointing, which draws them
-# again) and keeps the masked copies for the backward pass. Not a fast path at equal training:
-# dropout is a regularizer, so dropping it changes what is learned (the first-batch loss, computed
-# without dropout, agrees). Each `NAME-no-dropout` is NAME with `lora_dropout: 0`.
-for _name in ("sftlab-chunked-loss", "sftlab-chunked-accum-2", "sftlab-gc-every-2"):
-    VARIANTS[_name.replace("-loss", "") + "-no-dropout"] = {
-        **VARIANTS[_name], "lora": {"lora_dropout": 0.0}, "about": f"{_name} + lora_dropout 0 (no dropout masks)"}
 
 NOTES = [
     "trl-default trains no <end_of_turn> embedding row: TRL's fused output layer reads lm_head.bias, which "
@@ -532,7 +538,8 @@ def train_worker(job: dict) -> dict:
     # would evaluate mid-run, with an eval set the benchmark does not build, and skew the timings).
     # `batch_size` conversations per optimizer step, in `gradient_accumulation_steps` micro-batches
     recipe_training = {**job["training"], **variant.get("training", {})}
-    accum = int(recipe_training.get("gradient_accumulation_steps") or 1)
+    # trl-default keeps TRL's own step: the whole batch in one pass (the recipe's accumulation is sftlab's)
+    accum = 1 if variant["kind"] == "trl" else int(recipe_training.get("gradient_accumulation_steps") or 1)
     if s["batch_size"] % accum:
         raise ValueError(f"{job['variant']}: batch size {s['batch_size']} does not split into {accum} micro-batches")
     run = {"per_device_train_batch_size": s["batch_size"] // accum, "max_steps": s["warmup_steps"] + s["steps"],

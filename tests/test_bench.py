@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from sftlab.chat import prepare_model
 from sftlab.train import build_lora_config, build_sft_config, encode_dataset, labelled_position_loss
@@ -309,17 +310,23 @@ def test_smoke_run_end_to_end(tmp_path, tiny_model_dir):
     assert variants["sftlab"]["settings"]["trainable_token_indices"]
     assert variants["sftlab-gc-every-2"]["settings"]["checkpoint_every_n_layers"] == 2
     assert variants["sftlab-gc"]["settings"]["checkpoint_every_n_layers"] == 1
-    assert variants["sftlab-chunked-loss"]["settings"]["loss_chunk_size"] == 256
-    assert variants["sftlab"]["settings"]["loss_chunk_size"] is None
-    # the dropout variants override the recipe's LoRA dropout, and only theirs
-    assert variants["sftlab-chunked-no-dropout"]["settings"]["lora_dropout"] == 0.0
-    assert variants["sftlab-gc-every-2-no-dropout"]["settings"]["lora_dropout"] == 0.0
-    assert variants["sftlab"]["settings"]["lora_dropout"] == variants["trl-default"]["settings"]["lora_dropout"] > 0
+    # `sftlab` is the recipe as configured; each undoing variant changes one setting and only it
+    recipe = yaml.safe_load(bench.DEFAULT_CONFIG.read_text())
+    configured = variants["sftlab"]["settings"]
+    assert configured["loss_chunk_size"] == recipe["training"]["loss_chunk_size"] == 256
+    assert configured["gradient_accumulation_steps"] == recipe["training"]["gradient_accumulation_steps"] == 2
+    assert configured["lora_dropout"] == recipe["lora"]["lora_dropout"] == variants["trl-default"]["settings"]["lora_dropout"]
+    assert variants["sftlab-unfused"]["settings"]["loss_chunk_size"] is None
+    assert variants["sftlab-dropout"]["settings"]["lora_dropout"] == 0.05
+    before = variants["sftlab-2026-12-01"]["settings"]
+    assert (before["loss_chunk_size"], before["gradient_accumulation_steps"], before["lora_dropout"]) == (None, 1, 0.05)
+    for name in ("sftlab-unfused", "sftlab-dropout"):
+        assert variants[name]["settings"]["gradient_accumulation_steps"] == 2
     # gradient accumulation: the same conversations per optimizer step, counted once per step
-    accum = variants["sftlab-chunked-accum-2"]
-    assert accum["settings"]["gradient_accumulation_steps"] == 2 and variants["sftlab"]["settings"]["gradient_accumulation_steps"] == 1
-    assert len(accum["steps"]) == ran  # both micro-batches of a step are in that step's counts:
-    assert sum(s["assistant_tokens"] for s in accum["steps"]) == sum(s["assistant_tokens"] for s in variants["sftlab"]["steps"])
+    one_pass = variants["sftlab-one-pass"]
+    assert one_pass["settings"]["gradient_accumulation_steps"] == variants["trl-default"]["settings"]["gradient_accumulation_steps"] == 1
+    assert len(configured_steps := variants["sftlab"]["steps"]) == len(one_pass["steps"]) == ran
+    assert sum(s["assistant_tokens"] for s in configured_steps) == sum(s["assistant_tokens"] for s in one_pass["steps"])
     assert result["generation"]["prompts"] == 4 and len(result["generation"]["runs"]) == 2
     assert result["loading"]["cached"]["seconds"] > 0
     assert "trl-default" in proc.stdout and "Generation" in proc.stdout
