@@ -107,3 +107,32 @@ def test_paired_multiturn_recall_needs_a_usable_reply(tmp_path):
     rows = {(r["set"], r["metric"]): r
             for r in paired_run_differences(write("a", [True, True]), write("b", [True, False]))}
     assert rows[("multiturn", "prompt_level")]["difference"] == pytest.approx(0.5)
+
+
+def test_recipe_differences_name_every_changed_key_and_only_those(tmp_path):
+    import yaml
+
+    from sftlab.book.verdicts import recipe_difference_sentence
+    from sftlab.compare import recipe_differences
+
+    base = {"name": "a", "data": {"instructions": {"share": 0.6}, "eval_size": 60},
+            "lora": {"r": 16, "lora_dropout": 0.0}, "evaluation": {"systems": ["sft", "base_chat"]}}
+    other = copy.deepcopy(base)
+    other.update(name="b")
+    other["data"]["instructions"] = None
+    other["evaluation"]["systems"] = ["sft"]
+    for name, recipe in (("a", base), ("b", other)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(recipe))
+    rows = recipe_differences(tmp_path / "a", tmp_path / "b", ignore=("evaluation.systems",))
+    assert rows == [{"key": "data.instructions.share", "a": 0.6, "b": None}]  # `name` and ignored keys left out
+    assert "differ only in `data.instructions.share`" in recipe_difference_sentence(rows, "A", "B", "data.instructions")
+    # a second changed setting: the sentence says the comparison is not about the instructions alone
+    other["lora"]["lora_dropout"] = 0.05
+    (tmp_path / "b" / "config.yaml").write_text(yaml.safe_dump(other))
+    rows = recipe_differences(tmp_path / "a", tmp_path / "b", ignore=("evaluation.systems",))
+    assert [r["key"] for r in rows] == ["data.instructions.share", "lora.lora_dropout"]
+    sentence = recipe_difference_sentence(rows, "A", "B", "data.instructions")
+    assert "not `data.instructions`'s alone" in sentence and "`lora.lora_dropout` `0.0` against `0.05`" in sentence
+    with pytest.raises(ConfigError, match="no config.yaml"):
+        recipe_differences(tmp_path / "a", tmp_path / "missing")

@@ -168,3 +168,33 @@ def _paired_losses(a_dir: Path, b_dir: Path, system: str, *, n_resamples: int, s
                             **paired_difference([ra[part][i] for i in keep], [rb[part][i] for i in keep],
                                                 stat=pooled_ratio, n_resamples=n_resamples, seed=seed)})
     return out
+
+
+def recipe_differences(a_dir: str | Path, b_dir: str | Path, ignore: tuple[str, ...] = ()) -> list[dict]:
+    """The recipe keys (dotted: "lora.lora_dropout") on which two finished runs' config.yaml differ,
+    `name` and the `ignore`d keys aside, as rows {"key", "a", "b"} (None where a run lacks the key or
+    sets it to null), sorted by key.
+
+    A comparison of two runs is only about one choice when this lists that choice alone."""
+    import yaml
+
+    def flat(folder) -> dict:
+        path = Path(folder) / "config.yaml"
+        if not path.is_file():
+            raise ConfigError(f"{folder} has no config.yaml: is it a finished run folder?")
+        out = {}
+
+        def walk(prefix, value):
+            if isinstance(value, dict) and value:
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = value
+        walk("", yaml.safe_load(path.read_text()) or {})
+        out.pop("name", None)
+        return out
+
+    fa, fb = flat(a_dir), flat(b_dir)
+    return [{"key": k, "a": fa.get(k), "b": fb.get(k)} for k in sorted(fa.keys() | fb.keys())
+            if fa.get(k) != fb.get(k) and k not in ignore]
+

@@ -184,6 +184,23 @@ def run_difference_sentence(rows: list[dict], a_label: str, b_label: str) -> str
             f"{names(parts['worse'])}; not separable on {names(parts['unclear'])}.")
 
 
+def recipe_difference_sentence(rows: list[dict], a_label: str, b_label: str, meant: str) -> str:
+    """What two compared runs' recipes differ in (`compare.recipe_differences`), and whether the
+    comparison is therefore about the `meant` key alone."""
+    if not rows:
+        return f"The recipes of {a_label} and {b_label} are the same."
+    def value(v):
+        return "not set" if v is None else f"`{v}`"
+
+    listed = "; ".join(f"`{r['key']}` {value(r['a'])} against {value(r['b'])}" for r in rows)
+    others = [r["key"] for r in rows if r["key"] != meant and not r["key"].startswith(meant + ".")]
+    if not others:
+        return f"The recipes differ only in {listed}, so the differences below are that choice's."
+    return (f"The recipes differ in {listed}. The differences below are therefore not `{meant}`'s alone: "
+            f"{len(others)} other setting{'s' if len(others) > 1 else ''} changed between the two runs "
+            f"as well; a run of {b_label} with the same settings would isolate it.")
+
+
 def _counted_verdicts(results: Results, a: str, b: str) -> dict:
     parts = {"better": [], "worse": [], "unclear": []}
     for set_ in ("loss", "heldout", "ifeval", "multiturn"):
