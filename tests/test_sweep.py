@@ -134,3 +134,20 @@ def test_every_shipped_variant_trains_and_scores_on_the_tiny_model(tiny_recipe, 
     out = run_experiment(path, results_root=tmp_path / "results", progress=False)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["heldout_loss"]["sft"]["mean_nll"] > 0 and "plain_text_loss" in metrics
+
+
+def test_the_book_says_how_the_default_run_differs_from_the_pinned_control(tiny_recipe, tmp_path):
+    from sftlab.book.ablations import control_sentence
+
+    path = _sweep(tmp_path, tiny_recipe, {"control": {}})
+    default_run = tmp_path / "default"
+    default_run.mkdir()
+    recipe = yaml.safe_load(tiny_recipe.read_text())
+    (default_run / "config.yaml").write_text(yaml.safe_dump(recipe))
+    assert "is the default recipe of" in control_sentence(path, default_run)
+    measured = recipe["lora"]["r"]
+    recipe["lora"]["r"] = measured * 2  # the default adopted a change after the sweep measured it
+    (default_run / "config.yaml").write_text(yaml.safe_dump(recipe))
+    sentence = control_sentence(path, default_run)
+    assert f"has since changed 1 setting: `lora.r` `{measured}` → `{measured * 2}`" in sentence
+    assert tiny_recipe.name in sentence

@@ -171,7 +171,8 @@ def _paired_losses(a_dir: Path, b_dir: Path, system: str, *, n_resamples: int, s
 
 
 def recipe_differences(a_dir: str | Path, b_dir: str | Path, ignore: tuple[str, ...] = ()) -> list[dict]:
-    """The recipe keys (dotted: "lora.lora_dropout") on which two finished runs' config.yaml differ,
+    """The recipe keys (dotted: "lora.lora_dropout") on which two finished runs' config.yaml (or two
+    recipe files) differ,
     `name` and the `ignore`d keys aside, as rows {"key", "a", "b"} (None where a run lacks the key or
     sets it to null), sorted by key.
 
@@ -179,7 +180,7 @@ def recipe_differences(a_dir: str | Path, b_dir: str | Path, ignore: tuple[str, 
     import yaml
 
     def flat(folder) -> dict:
-        path = Path(folder) / "config.yaml"
+        path = Path(folder) if Path(folder).is_file() else Path(folder) / "config.yaml"  # a recipe file, or a run
         if not path.is_file():
             raise ConfigError(f"{folder} has no config.yaml: is it a finished run folder?")
         out = {}

@@ -99,6 +99,30 @@ def budget_sentence(summary: dict, folder: str | Path = "results/ablations") -> 
             f"{run['global_steps']} optimizer steps, unless its variant changes that.")
 
 
+def control_sentence(sweep_file: str | Path = "configs/ablations.yaml",
+                     default_run: str | Path = "results/default") -> str:
+    """Which recipe the sweep's control is, and how the default run's recipe differs from it (the
+    default can adopt a variant after the sweep measured it; the control stays pinned so that the
+    finished runs stay valid)."""
+    from ..compare import recipe_differences
+    from ..sweep import load_sweep
+
+    control = load_sweep(sweep_file)["control_path"]
+    shown = f"`{Path(sweep_file).parent.name}/{control.name}`"
+    if not (Path(default_run) / "config.yaml").is_file():
+        return f"The control is {shown}."
+    # which systems a run evaluates does not change what its model learns
+    rows = recipe_differences(control, default_run, ignore=("evaluation.systems",))
+    if not rows:
+        return f"The control ({shown}) is the default recipe of `{default_run}`, on the sweep's budget."
+    def value(v):
+        return "not set" if v is None else f"`{v}`"
+
+    changes = "; ".join(f"`{r['key']}` {value(r['a'])} → {value(r['b'])}" for r in rows)
+    return (f"The control ({shown}) is the default recipe as the sweep measured it; the default run "
+            f"(`{default_run}`) has since changed {len(rows)} setting{'s' if len(rows) > 1 else ''}: {changes}.")
+
+
 def chart_ablations(summary: dict) -> alt.Chart:
     """Forest plot: one panel per metric, one line per variant, the paired difference from the
     control (dot) and its 95% interval (bar); an interval crossing the dashed zero line cannot
