@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..stats import verdict
 from .catalog import SET_LABELS, metric_spec
-from .formatting import fmt_diff, md_escape
+from .formatting import fmt_diff, fmt_setting, md_escape
 
 # The rows of the ablation table and plot, in order: (prompt set, metric).
 ABLATION_METRICS = [("loss", "mean_nll"), ("heldout", "stop_rate"), ("ifeval", "prompt_level"),
@@ -115,10 +115,7 @@ def control_sentence(sweep_file: str | Path = "configs/ablations.yaml",
     rows = recipe_differences(control, default_run, ignore=("evaluation.systems",))
     if not rows:
         return f"The control ({shown}) is the default recipe of `{default_run}`, on the sweep's budget."
-    def value(v):
-        return "not set" if v is None else f"`{v}`"
-
-    changes = "; ".join(f"`{r['key']}` {value(r['a'])} → {value(r['b'])}" for r in rows)
+    changes = "; ".join(f"`{r['key']}` {fmt_setting(r['a'])} → {fmt_setting(r['b'])}" for r in rows)
     return (f"The control ({shown}) is the default recipe as the sweep measured it; the default run "
             f"(`{default_run}`) has since changed {len(rows)} setting{'s' if len(rows) > 1 else ''}: {changes}.")
 

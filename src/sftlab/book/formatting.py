@@ -153,3 +153,9 @@ def latex_escape(text: str) -> str:
         pos = match.end()
     out.append("".join(table.get(c, c) for c in text[pos:]))
     return "".join(out)
+
+
+def fmt_setting(value) -> str:
+    """A recipe value in prose: `0.05` in code style, or "not set" for a missing or null key."""
+    return "not set" if value is None else f"`{value}`"
+

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .catalog import METRIC_SETS, Metric, label, metric_spec
-from .formatting import fmt_ci, fmt_diff
+from .formatting import fmt_ci, fmt_diff, fmt_setting
 from .results import Results, comparison, metric_entry
 
 
@@ -189,10 +189,7 @@ def recipe_difference_sentence(rows: list[dict], a_label: str, b_label: str, mea
     comparison is therefore about the `meant` key alone."""
     if not rows:
         return f"The recipes of {a_label} and {b_label} are the same."
-    def value(v):
-        return "not set" if v is None else f"`{v}`"
-
-    listed = "; ".join(f"`{r['key']}` {value(r['a'])} against {value(r['b'])}" for r in rows)
+    listed = "; ".join(f"`{r['key']}` {fmt_setting(r['a'])} against {fmt_setting(r['b'])}" for r in rows)
     others = [r["key"] for r in rows if r["key"] != meant and not r["key"].startswith(meant + ".")]
     if not others:
         return f"The recipes differ only in {listed}, so the differences below are that choice's."
