@@ -172,12 +172,11 @@ def _paired_losses(a_dir: Path, b_dir: Path, system: str, *, n_resamples: int, s
 
 def recipe_differences(a_dir: str | Path, b_dir: str | Path, ignore: tuple[str, ...] = ()) -> list[dict]:
     """The recipe keys (dotted: "lora.lora_dropout") on which two finished runs' config.yaml (or two
-    recipe files) differ,
-    `name` and the `ignore`d keys aside, as rows {"key", "a", "b"} (None where a run lacks the key or
-    sets it to null), sorted by key.
+    recipe files) differ, `name` and the `ignore`d keys aside, as rows {"key", "a", "b"} (None where
+    a run lacks the key or sets it to null), sorted by key.
 
     A comparison of two runs is only about one choice when this lists that choice alone."""
-    import yaml
+    from .config import read_yaml_mapping
 
     def flat(folder) -> dict:
         path = Path(folder) if Path(folder).is_file() else Path(folder) / "config.yaml"  # a recipe file, or a run
@@ -191,11 +190,10 @@ def recipe_differences(a_dir: str | Path, b_dir: str | Path, ignore: tuple[str, 
                     walk(f"{prefix}.{k}" if prefix else str(k), v)
             else:
                 out[prefix] = value
-        walk("", yaml.safe_load(path.read_text()) or {})
+        walk("", read_yaml_mapping(path, "run recipe"))
         out.pop("name", None)
         return out
 
     fa, fb = flat(a_dir), flat(b_dir)
     return [{"key": k, "a": fa.get(k), "b": fb.get(k)} for k in sorted(fa.keys() | fb.keys())
             if fa.get(k) != fb.get(k) and k not in ignore]
-
