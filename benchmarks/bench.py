@@ -130,6 +130,17 @@ VARIANTS = {
         "lora": {"lora_dropout": 0.05},
         "about": "the recipe until 2026-12-01: unfused output layer, one pass per step, LoRA dropout 0.05",
     },
+    # torch.compile of each decoder layer (inductor, dynamic shapes: the sequence length changes from
+    # batch to batch). On a CPU inductor fuses the elementwise operators around the matrix products
+    # (norms, rotary embedding, GELU, LoRA's additions) into generated C++; the products stay oneDNN's.
+    # Not TrainingArguments' `torch_compile`: that compiles the model's forward, which sftlab's loss
+    # bypasses (it calls the body and the output layer itself), so nothing would be compiled.
+    "sftlab-compile": {
+        "kind": "sftlab",
+        "trainable_tokens": True,
+        "compile_layers": True,
+        "about": "sftlab + torch.compile (inductor, dynamic shapes) of each decoder layer",
+    },
     # transformers' own selective checkpointing (`every_n_layers`, transformers >= 5.2x). TRL's
     # `gradient_checkpointing_kwargs={"selective": True}` (keep attention outputs) is not measured: with
     # transformers 5.24 the Trainer enables checkpointing through `activation_checkpointing_enable`,
@@ -567,6 +578,9 @@ def train_worker(job: dict) -> dict:
                                           processing_class=tokenizer, peft_config=lora)
     if variant["kind"] == "sftlab" and not variant.get("peft_trainable_tokens"):
         T.fast_trainable_tokens(trainer.model)  # as sftlab.train.train_lora does
+    if variant.get("compile_layers"):
+        for layer in trainer.model.get_base_model().model.layers:
+            layer.compile(dynamic=True)
 
     # The first batch's loss before any update, computed the same way for every variant.
     peft_model = trainer.model
