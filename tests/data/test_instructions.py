@@ -26,6 +26,7 @@ from sftlab.data.instructions import (
 )
 from sftlab.errors import ConfigError
 from sftlab.ifeval import CHECKS, count_sentences, load_prompts, score_reply
+from sftlab.metrics import count_words
 
 
 def conv(request: str, reply: str, cid: str = "abc_0", history: int = 0) -> dict:
@@ -195,6 +196,55 @@ def test_avoid_words_is_skipped_when_every_candidate_is_in_the_reply():
 def test_an_unknown_type_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown instruction type"):
         make_example(PROSE, "shout", random.Random(0))
+
+
+def _limit_of(example: dict) -> dict:
+    return next(c for c in example["instruction_checks"] if c["type"] in ("max_words", "max_sentences"))
+
+
+def _length(text: str, check_type: str) -> int:
+    return count_words(text) if check_type == "max_words" else count_sentences(text)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("name", ["max_words", "max_sentences", "max_words+no_commas", "max_sentences+uppercase"])
+def test_binding_limits_always_cut_the_reply(name, seed):
+    ex = make_example(PROSE, name, random.Random(seed), binding_limits=True)
+    assert_valid_example(ex, PROSE)
+    limit = _limit_of(ex)
+    own = _length(PROSE["messages"][-1]["content"], limit["type"])
+    assert _length(ex["messages"][-1]["content"], limit["type"]) <= limit["n"] < own
+
+
+def test_a_limit_drawn_from_every_size_can_leave_the_reply_whole_and_a_binding_one_cannot():
+    # A 40-word reply: "at most 50/80/120/150 words" holds already, so the example shows the
+    # model nothing about keeping short; only "at most 30 words" makes the rewrite cut it.
+    reply = ("Paris is the capital of France and its largest city. It lies on the Seine in the north. "
+             "About two million people live in the city itself. Its museums, cafes and old streets draw "
+             "visitors from all over the world every year.")
+    c = conv("Tell me about Paris.", reply)
+    assert 30 < count_words(reply) < 50
+    loose = [make_example(c, "max_words", random.Random(seed)) for seed in range(20)]
+    assert any(ex["messages"][-1]["content"] == reply for ex in loose)
+    binding = [make_example(c, "max_words", random.Random(seed), binding_limits=True) for seed in range(20)]
+    assert all(_limit_of(ex)["n"] == 30 and count_words(ex["messages"][-1]["content"]) <= 30 for ex in binding)
+    short = conv("Tell me about Paris.", "Paris is the capital of France. It lies on the Seine.")
+    assert make_example(short, "max_words", random.Random(0), binding_limits=True) == "within_every_limit"
+    assert make_example(short, "max_sentences", random.Random(0), binding_limits=True) == "within_every_limit"
+
+
+def test_a_mix_with_binding_limits_cuts_every_limited_reply_and_says_so():
+    convs = [{**PROSE, "id": f"p{i}_0"} for i in range(60)]
+    out, report = mix_instructions(convs, share=1.0, seed=2, binding_limits=True)
+    assert report["binding_limits"] is True
+    limited = [ex for ex in out if any(c["type"] in ("max_words", "max_sentences") for c in ex["instruction_checks"])]
+    assert len(limited) >= 4
+    for ex in limited:
+        limit = _limit_of(ex)
+        assert _length(ex["messages"][-1]["content"], limit["type"]) <= limit["n"] < _length(
+            PROSE["messages"][-1]["content"], limit["type"])
+    with pytest.raises(ConfigError, match="binding_limits"):
+        mix_instructions(convs, share=0.5, seed=0, binding_limits="yes")
 
 
 def test_sentence_spans_agree_with_count_sentences():
@@ -380,3 +430,12 @@ def test_real_sharegpt_conversations_give_examples_of_every_type_that_all_pass()
         emitted = [m for m in made if isinstance(m, dict)]
         assert len(emitted) >= 0.3 * len(made), (name, [m for m in made if isinstance(m, str)])
         assert all(score_reply(record_of(m), m["messages"][-1]["content"])["prompt_level"] for m in emitted)
+    # Binding limits: every example still passes, and every length limit cut its reply.
+    out, report = mix_instructions(sample[:1000], share=1.0, seed=0, binding_limits=True)
+    by_id = {c["id"] + ID_SUFFIX: c for c in sample[:1000]}
+    limited = [c for c in out if any(k["type"] in ("max_words", "max_sentences") for k in c.get("instruction_checks", []))]
+    assert len(limited) >= 0.04 * report["n_replaced"]
+    for c in limited:
+        assert score_reply(record_of(c), c["messages"][-1]["content"])["prompt_level"]
+        limit = _limit_of(c)
+        assert limit["n"] < _length(by_id[c["id"]]["messages"][-1]["content"], limit["type"])

@@ -132,8 +132,19 @@ def _rw_no_commas(text, request, rng):
     return re.sub(r"(?<=\S) {2,}", " ", out), {}
 
 
-def _rw_max_words(text, request, rng):
-    n = rng.choice(SIZES["max_words"])
+def _binding_sizes(kind: str, own: int) -> list[int]:
+    """The sizes of a length limit that a reply of `own` words or sentences does not meet yet."""
+    return [n for n in SIZES[kind] if n < own]
+
+
+def _rw_max_words(text, request, rng, binding=False):
+    if binding:
+        sizes = _binding_sizes("max_words", count_words(text))
+        if not sizes:
+            return "within_every_limit"
+        n = rng.choice(sizes)
+    else:
+        n = rng.choice(SIZES["max_words"])
     if _TABLE_LINE.search(text):  # a cut would leave half a table
         return "has_table"
     if count_words(text) <= n:
@@ -151,8 +162,15 @@ def _rw_min_words(text, request, rng):
     return (text, {"n": rng.choice(sizes)}) if sizes else "too_short"
 
 
-def _rw_max_sentences(text, request, rng):
-    n = rng.choice(SIZES["max_sentences"])
+def _rw_max_sentences(text, request, rng, binding=False):
+    if binding:
+        spans = sentence_spans(text)
+        sizes = _binding_sizes("max_sentences", len(spans))
+        if not sizes:
+            return "within_every_limit"
+        n = rng.choice(sizes)
+    else:
+        n = rng.choice(SIZES["max_sentences"])
     if _TABLE_LINE.search(text):
         return "has_table"
     spans = sentence_spans(text)
@@ -322,6 +340,9 @@ COMBINATIONS: tuple[tuple[str, str], ...] = (
     ("json", "keywords"), ("ends_with", "avoid_words"), ("postscript", "lowercase"),
 )
 TYPE_NAMES: tuple[str, ...] = (*INSTRUCTION_TYPES, *("+".join(pair) for pair in COMBINATIONS))
+# Length limits: drawn from SIZES, a limit may exceed the reply's own length and leave it whole.
+# With `binding_limits` it is drawn below that length, so the reply is always cut to meet it.
+LIMIT_TYPES = frozenset({"max_words", "max_sentences"})
 
 
 def _parts(type_name: str) -> list[InstructionType]:
@@ -338,7 +359,8 @@ def _join_instruction(request: str, instruction: str) -> str:
     return f"{request}{' ' if one_line else chr(10) * 2}{instruction}"
 
 
-def make_example(conversation: dict, type_name: str, rng: random.Random) -> dict | str:
+def make_example(conversation: dict, type_name: str, rng: random.Random, *,
+                 binding_limits: bool = False) -> dict | str:
     """An instruction version of `conversation`, or the reason there is none.
 
     The instruction sentence (a phrasing of each part of `type_name`, e.g. "bullets" or
@@ -347,6 +369,8 @@ def make_example(conversation: dict, type_name: str, rng: random.Random) -> dict
     "instruction_checks"}, is kept only if `sftlab.ifeval.score_reply` (echo-proof) passes
     every check on the new reply with the new user turn as prompt; otherwise the reason is
     "fails_check". Other reasons come from the rewrites ("has_code_fence", "too_short", ...).
+    With `binding_limits`, a length limit (`LIMIT_TYPES`) is one the reply does not meet yet, so
+    the rewrite cuts it; a reply within every size is skipped as "within_every_limit".
     """
     parts = _parts(type_name)
     messages = conversation.get("messages") if isinstance(conversation, dict) else None
@@ -357,7 +381,8 @@ def make_example(conversation: dict, type_name: str, rng: random.Random) -> dict
     for part in parts:
         if not part.code_ok and _FENCE in text:
             return "has_code_fence"
-        out = part.rewrite(text, request, rng)
+        binding = {"binding": True} if binding_limits and part.name in LIMIT_TYPES else {}
+        out = part.rewrite(text, request, rng, **binding)
         if isinstance(out, str):
             return out
         text, args = out
@@ -380,7 +405,8 @@ def make_example(conversation: dict, type_name: str, rng: random.Random) -> dict
 
 
 def mix_instructions(
-    train_convs: list[dict], *, share: float, seed: int, types: list[str] | None = None
+    train_convs: list[dict], *, share: float, seed: int, types: list[str] | None = None,
+    binding_limits: bool = False,
 ) -> tuple[list[dict], dict]:
     """Replace `round(share * len(train_convs))` training conversations by instruction versions.
 
@@ -390,8 +416,8 @@ def mix_instructions(
     conversation no type applies to is counted as "no_type_applies" and the next one is
     drawn, so fewer than asked are replaced only when the conversations run out. Returns the new list (same order and
     length) and a report: {"share", "seed", "n_conversations", "n_target", "n_replaced",
-    "per_type": {type: count}, "skipped": {reason: failed attempts}, "examples": {type: an id}}.
-    Deterministic for a seed and input.
+    "per_type": {type: count}, "skipped": {reason: failed attempts}, "examples": {type: an id}},
+    plus "binding_limits": true when set (see `make_example`). Deterministic for a seed and input.
     """
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
         raise ConfigError(f"instruction share must be a number from 0 to 1, got {share!r}")
@@ -400,6 +426,8 @@ def mix_instructions(
         raise ConfigError("instruction types must not be empty")
     for name in names:
         _parts(name)
+    if not isinstance(binding_limits, bool):
+        raise ConfigError(f"binding_limits must be true or false, got {binding_limits!r}")
     rng = random.Random(seed)
     target = round(share * len(train_convs))
     order = list(range(len(train_convs)))
@@ -412,7 +440,7 @@ def mix_instructions(
             break
         tiebreak = {name: rng.random() for name in names}
         for name in sorted(names, key=lambda t: (per_type[t], tiebreak[t])):
-            result = make_example(train_convs[idx], name, rng)
+            result = make_example(train_convs[idx], name, rng, binding_limits=binding_limits)
             if isinstance(result, str):
                 skipped[result] += 1
                 continue
@@ -426,4 +454,6 @@ def mix_instructions(
     report = {"share": share, "seed": seed, "n_conversations": len(train_convs), "n_target": target,
               "n_replaced": replaced, "per_type": dict(sorted(per_type.items())),
               "skipped": dict(skipped.most_common()), "examples": dict(sorted(examples.items()))}
+    if binding_limits:  # only when set: reports of recipes without the key stay as they were
+        report["binding_limits"] = True
     return out, report

@@ -34,7 +34,7 @@ DATA_KEYS = {
     "drop_context_prompts": "drop conversations that open by continuing a conversation not there (\"continue\")",
     "dedupe": "keep only the first conversation with each normalised opening request (before the split)",
     "instructions": "verifiable-instruction examples replacing a share of the training conversations: "
-                    "{share: 0.3, seed: 0, types: null (all)}; see sftlab.data.instructions",
+                    "{share: 0.3, seed: 0, types: null (all), binding_limits: false}; see sftlab.data.instructions",
     "loss_on": "which training tokens carry the loss: replies (each assistant reply and its end-of-turn "
                "token) | all (the whole conversation, prompts and turn markers too); held-out losses always "
                "score replies",
@@ -132,7 +132,9 @@ def prepare_data(data_cfg: dict, tokenizer, seed: int, *, progress: bool = True)
 
 INSTRUCTION_KEYS = {"share": "share of training conversations replaced (0 to 1)",
                     "seed": "seed for which conversations and which instruction types (default: the run's seed)",
-                    "types": "instruction types to use (default: all, sftlab.data.instructions.TYPE_NAMES)"}
+                    "types": "instruction types to use (default: all, sftlab.data.instructions.TYPE_NAMES)",
+                    "binding_limits": "length limits (at most N words or sentences) drawn below the reply's own "
+                                      "length, so every such example cuts its reply (default false)"}
 
 
 def mix_training_instructions(train: list[dict], spec: dict, seed: int) -> tuple[list[dict], dict]:
@@ -147,7 +149,8 @@ def mix_training_instructions(train: list[dict], spec: dict, seed: int) -> tuple
                           f"allowed: {', '.join(INSTRUCTION_KEYS)}")
     if "share" not in spec:
         raise ConfigError("data.instructions needs a share, e.g. {share: 0.3}")
-    return mix_instructions(train, share=spec["share"], seed=int(spec.get("seed", seed)), types=spec.get("types"))
+    return mix_instructions(train, share=spec["share"], seed=int(spec.get("seed", seed)), types=spec.get("types"),
+                            binding_limits=spec.get("binding_limits", False))
 
 
 def to_dataset(convs: list[dict]):
