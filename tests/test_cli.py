@@ -44,3 +44,21 @@ def test_unknown_key_exits_2_naming_the_key(tmp_path, tiny_model_dir, capsys):
     assert main(["data", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "data.max_tokenz" in err and "max_tokens" in err and "Traceback" not in err
+
+
+def test_help_of_the_command_and_of_every_subcommand_prints(capsys):
+    # argparse expands "%" in help strings: a bare "95%" once made `sftlab --help` a TypeError.
+    import argparse
+
+    import pytest
+
+    from sftlab.cli import build_parser
+
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for argv in [["--help"], *([name, "--help"] for name in subcommands)]:
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 0, argv
+    out = capsys.readouterr().out
+    assert "95% interval" in out and "usage: sftlab compare" in out

@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "base model to its Hub id")
     card.add_argument("results_dir", help="a finished run folder, e.g. results/default")
     card.set_defaults(func=_cmd_card)
-    compare = sub.add_parser("compare", help="compare two runs' metrics: is each of B's values inside A's 95% interval?")
+    compare = sub.add_parser("compare", help="compare two runs' metrics: is each of B's values inside A's 95%% interval?")
     compare.add_argument("a", help="the reference run folder, e.g. results/default")
     compare.add_argument("b", help="the other run folder, e.g. a re-run from a fresh clone")
     compare.set_defaults(func=_cmd_compare)

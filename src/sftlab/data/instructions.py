@@ -132,19 +132,17 @@ def _rw_no_commas(text, request, rng):
     return re.sub(r"(?<=\S) {2,}", " ", out), {}
 
 
-def _binding_sizes(kind: str, own: int) -> list[int]:
-    """The sizes of a length limit that a reply of `own` words or sentences does not meet yet."""
-    return [n for n in SIZES[kind] if n < own]
+def _draw_limit(kind: str, own: int, rng, binding: bool) -> int | None:
+    """A size for a length limit on a reply of `own` words or sentences: any of SIZES[kind], or,
+    `binding`, one the reply does not meet yet (None when it meets them all)."""
+    sizes = [n for n in SIZES[kind] if n < own] if binding else SIZES[kind]
+    return rng.choice(sizes) if sizes else None
 
 
 def _rw_max_words(text, request, rng, binding=False):
-    if binding:
-        sizes = _binding_sizes("max_words", count_words(text))
-        if not sizes:
-            return "within_every_limit"
-        n = rng.choice(sizes)
-    else:
-        n = rng.choice(SIZES["max_words"])
+    n = _draw_limit("max_words", count_words(text), rng, binding)
+    if n is None:
+        return "within_every_limit"
     if _TABLE_LINE.search(text):  # a cut would leave half a table
         return "has_table"
     if count_words(text) <= n:
@@ -163,17 +161,12 @@ def _rw_min_words(text, request, rng):
 
 
 def _rw_max_sentences(text, request, rng, binding=False):
-    if binding:
-        spans = sentence_spans(text)
-        sizes = _binding_sizes("max_sentences", len(spans))
-        if not sizes:
-            return "within_every_limit"
-        n = rng.choice(sizes)
-    else:
-        n = rng.choice(SIZES["max_sentences"])
+    spans = sentence_spans(text)
+    n = _draw_limit("max_sentences", len(spans), rng, binding)
+    if n is None:
+        return "within_every_limit"
     if _TABLE_LINE.search(text):
         return "has_table"
-    spans = sentence_spans(text)
     cut = _cut_to(text, spans, min(n, len(spans)))
     return (cut, {"n": n}) if cut and count_words(cut) >= 3 else "no_sentence_to_keep"
 
