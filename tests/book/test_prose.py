@@ -50,3 +50,14 @@ def test_length_bound_diversity_is_left_out_of_the_verdict(results):
     results.metrics["systems"]["sft"]["heldout"]["distinct_2"]["value"] = 0.9
     tally = verdicts.tally(results, "sft", "base_chat")
     assert not any("distinct-2" == m for part in tally.values() for m in part)
+
+
+def test_instruction_mix_note_counts_the_mix_and_says_when_limits_were_binding(results):
+    results.data_report["n_train"] = 100
+    results.data_report["instructions"] = {"share": 0.6, "n_replaced": 60, "per_type": {"lowercase": 30, "max_words": 30},
+                                           "skipped": {"within_every_limit": 7, "has_code_fence": 5}}
+    note = prose.instruction_mix_note(results)
+    assert note.startswith("60 of the 100 training conversations (60%, share 0.6 asked)") and "2 types" in note
+    assert "12 rewrite attempts" in note and "binding_limits" not in note
+    results.data_report["instructions"]["binding_limits"] = True
+    assert "every such example cuts its reply; 7 replies already within every limit" in prose.instruction_mix_note(results)

@@ -344,11 +344,17 @@ def instruction_mix_note(results: Results) -> str:
     if not mix:
         return ""
     n_train = results.data_report.get("n_train")
-    return (f"{fmt_count(mix['n_replaced'])} of the {fmt_count(n_train)} training conversations "
+    text = (f"{fmt_count(mix['n_replaced'])} of the {fmt_count(n_train)} training conversations "
             f"({100 * mix['n_replaced'] / max(1, n_train or 1):.0f}%, share {mix['share']} asked) were replaced by "
             f"instruction examples of {len(mix['per_type'])} types, so the run trains on no more conversations "
             f"than without them; {fmt_count(sum((mix.get('skipped') or {}).values()))} rewrite attempts could not "
             "satisfy their instruction and were skipped, never emitted.")
+    if mix.get("binding_limits"):
+        within = (mix.get("skipped") or {}).get("within_every_limit", 0)
+        text += (" Word and sentence limits were drawn below each reply's own length (`binding_limits`), so "
+                 f"every such example cuts its reply; {fmt_count(within)} replies already within every limit "
+                 "were among the skips.")
+    return text
 
 
 def run_pointer(results: Results) -> str:
