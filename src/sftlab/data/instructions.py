@@ -140,12 +140,13 @@ def _draw_limit(kind: str, own: int, rng, binding: bool) -> int | None:
 
 
 def _rw_max_words(text, request, rng, binding=False):
-    n = _draw_limit("max_words", count_words(text), rng, binding)
+    own = count_words(text)
+    n = _draw_limit("max_words", own, rng, binding)
     if n is None:
         return "within_every_limit"
     if _TABLE_LINE.search(text):  # a cut would leave half a table
         return "has_table"
-    if count_words(text) <= n:
+    if own <= n:
         return text, {"n": n}
     spans, keep = sentence_spans(text), 0
     while keep < len(spans) and count_words(text[: spans[keep][1]]) <= n:
