@@ -61,3 +61,21 @@ def test_instruction_mix_note_counts_the_mix_and_says_when_limits_were_binding(r
     assert "12 rewrite attempts" in note and "binding_limits" not in note
     results.data_report["instructions"]["binding_limits"] = True
     assert "every such example cuts its reply; 7 replies already within every limit" in prose.instruction_mix_note(results)
+
+
+def test_instruction_mix_note_and_table_show_the_examples_added_from_too_long_conversations(results):
+    results.data_report["n_train"] = 100
+    results.data_report["instructions"] = {"share": 0.6, "n_replaced": 60, "per_type": {"lowercase": 60},
+                                           "skipped": {}}
+    assert "no more conversations than without them" in prose.instruction_mix_note(results)
+    assert list(tables.instruction_mix_table(results).columns) == ["instruction type", "examples"]
+    results.data_report["instructions"]["extra"] = {
+        "n_asked": 50, "n_added": 40, "n_pool": 900, "per_type": {"max_words+lowercase": 25, "max_sentences+json": 15},
+        "skipped": {"has_code_fence": 9, "does_not_fit": 3}}
+    note = prose.instruction_mix_note(results)
+    assert "no more conversations" not in note
+    assert "A further 40 examples were added (`extra`, 50 asked), made from the 900 conversations" in note
+    assert "trains on 140 conversations" in note and "12 attempts were skipped" in note
+    table = tables.instruction_mix_table(results)
+    assert table["made from"].tolist() == ["a training conversation (replaced)"] + ["a too-long conversation, cut (added)"] * 2
+    assert table["instruction type"].tolist()[1:] == ["max_words + lowercase", "max_sentences + json"]

@@ -346,9 +346,19 @@ def instruction_mix_note(results: Results) -> str:
     n_train = results.data_report.get("n_train")
     text = (f"{fmt_count(mix['n_replaced'])} of the {fmt_count(n_train)} training conversations "
             f"({100 * mix['n_replaced'] / max(1, n_train or 1):.0f}%, share {mix['share']} asked) were replaced by "
-            f"instruction examples of {len(mix['per_type'])} types, so the run trains on no more conversations "
-            f"than without them; {fmt_count(sum((mix.get('skipped') or {}).values()))} rewrite attempts could not "
+            f"instruction examples of {len(mix['per_type'])} types"
+            + ("" if mix.get("extra") else ", so the run trains on no more conversations than without them")
+            + f"; {fmt_count(sum((mix.get('skipped') or {}).values()))} rewrite attempts could not "
             "satisfy their instruction and were skipped, never emitted.")
+    extra = mix.get("extra")
+    if extra:
+        text += (f" A further {fmt_count(extra['n_added'])} examples were added (`extra`, {fmt_count(extra['n_asked'])} "
+                 f"asked), made from the {fmt_count(extra['n_pool'])} conversations the length filter rejected: the "
+                 "first reply cut at a sentence end to a word or sentence limit, one other instruction applied, and "
+                 f"both stated in the request ({len(extra['per_type'])} pairs); the run trains on "
+                 f"{fmt_count((n_train or 0) + extra['n_added'])} conversations. "
+                 f"{fmt_count(sum((extra.get('skipped') or {}).values()))} attempts were skipped (a code block or "
+                 "table that a cut would break, a request too long to fit, an opening request already used).")
     if mix.get("binding_limits"):
         within = (mix.get("skipped") or {}).get("within_every_limit", 0)
         text += (" Word and sentence limits were drawn below each reply's own length (`binding_limits`), so "

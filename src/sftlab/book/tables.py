@@ -405,7 +405,16 @@ def instruction_mix_table(results: Results) -> pd.DataFrame:
     mix = results.data_report.get("instructions") or {}
     rows = [{"instruction type": t.replace("+", " + "), "examples": fmt_count(n)}
             for t, n in sorted((mix.get("per_type") or {}).items(), key=lambda kv: (-kv[1], kv[0]))]
-    return pd.DataFrame(rows, columns=["instruction type", "examples"])
+    extra = mix.get("extra")
+    if not extra:
+        return pd.DataFrame(rows, columns=["instruction type", "examples"])
+    # with `extra`: which conversations each row's examples were made from
+    for row in rows:
+        row["made from"] = "a training conversation (replaced)"
+    rows += [{"instruction type": t.replace("+", " + "), "examples": fmt_count(n),
+              "made from": "a too-long conversation, cut (added)"}
+             for t, n in sorted(extra["per_type"].items(), key=lambda kv: (-kv[1], kv[0]))]
+    return pd.DataFrame(rows, columns=["instruction type", "examples", "made from"])
 
 
 def run_comparison_table(rows: list[dict], a_label: str, b_label: str) -> pd.DataFrame:

@@ -35,6 +35,9 @@ class FilterResult:
     rejected_examples: dict[str, list[str]] = field(default_factory=dict)
     n_input: int = 0
     settings: dict = field(default_factory=dict)
+    # Rejected as "too_many_tokens" only (every earlier filter passed), in input order: the pool
+    # that `data.instructions.extra` cuts down to size (sftlab.data.long_replies).
+    too_long: list[dict] = field(default_factory=list)
 
 
 
@@ -239,16 +242,17 @@ def filter_conversations(
         else:
             survivors.append(conv)
 
-    kept, lengths = survivors, []
+    kept, lengths, too_long = survivors, [], []
     if tokenizer is not None:
         all_lengths = token_lengths([conversation_text(c["messages"]) for c in survivors],
                                     tokenizer, cap=max_tokens)
-        kept = []
+        kept, too_long = [], []
         for conv, n in zip(survivors, all_lengths):
             if min_tokens is not None and n < min_tokens:
                 reject("too_few_tokens", conv)
             elif max_tokens is not None and n > max_tokens:
                 reject("too_many_tokens", conv)
+                too_long.append(conv)
             else:
                 kept.append(conv)
                 lengths.append(n)
@@ -269,5 +273,5 @@ def filter_conversations(
                     unique_lengths.append(lengths[i])
         kept, lengths = unique, unique_lengths
     return FilterResult(kept=kept, rejected=rejected, token_lengths=lengths,
-                        rejected_examples=examples, n_input=len(convs), settings=settings)
+                        rejected_examples=examples, n_input=len(convs), settings=settings, too_long=too_long)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from sftlab.errors import ConfigError, DataError
 
-from .filters import FilterResult, filter_conversations
+from .filters import FilterResult, filter_conversations, first_prompt, normalized_prompt
 from .readers import VALID_SOURCES, LoadResult, load_conversations
 from .report import data_report
 
@@ -120,11 +120,19 @@ def prepare_data(data_cfg: dict, tokenizer, seed: int, *, progress: bool = True)
     if cfg["instructions"]:
         # Training conversations only, after the split: the held-out set stays as it was.
         train, mix = mix_training_instructions(train, cfg["instructions"], seed)
+        extra, mix["extra"] = long_reply_training_examples(filtered, cfg["instructions"], seed, tokenizer,
+                                                           cfg["max_tokens"])
+    # n_train counts the split's training conversations; the added ones are the mix's "extra"
     report = data_report(loaded, filtered, train, eval_, seed=seed)
     if mix is not None:
+        train = train + extra  # added after the split's: more conversations to train on, not other ones
         by_id = {c["id"]: c for c in train}
         # one example per type, its last request and reply, so the book can show what the model saw
         mix["samples"] = {t: by_id[i]["messages"][-2:] for t, i in mix.get("examples", {}).items() if i in by_id}
+        if mix["extra"] is None:
+            del mix["extra"]  # reports of recipes without the key stay as they were
+        else:
+            mix["extra"]["samples"] = {t: by_id[i]["messages"] for t, i in mix["extra"]["examples"].items()}
         report["instructions"] = mix
     return PreparedData(train=to_dataset(train), eval=to_dataset(eval_), report=report,
                         load=loaded, filtered=filtered)
@@ -134,7 +142,10 @@ INSTRUCTION_KEYS = {"share": "share of training conversations replaced (0 to 1)"
                     "seed": "seed for which conversations and which instruction types (default: the run's seed)",
                     "types": "instruction types to use (default: all, sftlab.data.instructions.TYPE_NAMES)",
                     "binding_limits": "length limits (at most N words or sentences) drawn below the reply's own "
-                                      "length, so every such example cuts its reply (default false)"}
+                                      "length, so every such example cuts its reply (default false)",
+                    "extra": "this many more examples added, made from conversations longer than max_tokens: the "
+                             "first reply cut to a word or sentence limit plus one other instruction "
+                             "(sftlab.data.long_replies; default 0)"}
 
 
 def mix_training_instructions(train: list[dict], spec: dict, seed: int) -> tuple[list[dict], dict]:
@@ -151,6 +162,23 @@ def mix_training_instructions(train: list[dict], spec: dict, seed: int) -> tuple
         raise ConfigError("data.instructions needs a share, e.g. {share: 0.3}")
     return mix_instructions(train, share=spec["share"], seed=int(spec.get("seed", seed)), types=spec.get("types"),
                             binding_limits=spec.get("binding_limits", False))
+
+
+def long_reply_training_examples(filtered: FilterResult, spec: dict, seed: int, tokenizer,
+                                 max_tokens: int | None) -> tuple[list[dict], dict | None]:
+    """`data.instructions.extra` examples from the conversations rejected only as too long (see
+    `sftlab.data.long_replies`), never opening with a kept conversation's request; ([], None) without the key."""
+    from .long_replies import long_reply_examples
+
+    n = spec.get("extra")
+    if n is None:
+        return [], None
+    if n and max_tokens is None:
+        raise ConfigError("data.instructions.extra needs data.max_tokens: its examples come from the "
+                          "conversations longer than that, cut down to fit it")
+    kept_openings = {normalized_prompt(first_prompt(c["messages"])) for c in filtered.kept}
+    return long_reply_examples(filtered.too_long, n=n, seed=int(spec.get("seed", seed)), max_tokens=max_tokens,
+                               tokenizer=tokenizer, exclude_prompts=kept_openings, types=spec.get("types"))
 
 
 def to_dataset(convs: list[dict]):

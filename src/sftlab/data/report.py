@@ -97,6 +97,12 @@ def format_report(report: dict) -> str:
         if mix.get("skipped"):
             lines.append(row("attempts skipped", sum(mix["skipped"].values())))
             lines += [row(r, n, indent=4) for r, n in sorted(mix["skipped"].items(), key=lambda kv: -kv[1])]
+        extra = mix.get("extra")
+        if extra:
+            lines.append(row("added from too-long conversations", extra["n_added"]))
+            lines += [row(t, n, indent=4) for t, n in sorted(extra["per_type"].items(), key=lambda kv: -kv[1])]
+            if extra.get("skipped"):
+                lines.append(row("attempts skipped", sum(extra["skipped"].values()), indent=4))
     hist = report["turns_histogram"]
     if hist:
         lines.append("Assistant turns per kept conversation:")
