@@ -136,3 +136,26 @@ def test_recipe_differences_name_every_changed_key_and_only_those(tmp_path):
     assert "not `data.instructions`'s alone" in sentence and "`lora.lora_dropout` `0.0` against `0.05`" in sentence
     with pytest.raises(ConfigError, match="no config.yaml"):
         recipe_differences(tmp_path / "a", tmp_path / "missing")
+
+
+def test_condition_differences_name_the_machine_and_packages_two_runs_differ_in(tmp_path):
+    from sftlab.book.verdicts import condition_difference_sentence
+    from sftlab.compare import condition_differences
+
+    run = {"hardware": {"cpu_kind": "AVX-512 BF16", "gpu": None, "processor": "AMD EPYC"},
+           "training": {"bf16": True, "processes": 1, "train_loss": 1.5},
+           "versions": {"torch": "2.13.0+cpu", "transformers": "5.24.0", "peft": "0.21.2", "trl": "1.16.0"}}
+    other = json.loads(json.dumps(run))
+    other["hardware"]["cpu_kind"], other["training"]["bf16"], other["training"]["train_loss"] = "AVX2", False, 1.7
+    for name, r in (("a", run), ("b", other), ("c", run)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps(r))
+    rows = condition_differences(tmp_path / "a", tmp_path / "b")
+    assert rows == [{"key": "hardware.cpu_kind", "a": "AVX-512 BF16", "b": "AVX2"},
+                    {"key": "training.bf16", "a": True, "b": False}]  # outcomes (train_loss) are not conditions
+    sentence = condition_difference_sentence(rows, "this run", "the other")
+    assert "`hardware.cpu_kind` `AVX-512 BF16` against `AVX2`" in sentence and "bf16 autocast" in sentence
+    assert condition_differences(tmp_path / "a", tmp_path / "c") == []
+    assert condition_difference_sentence([], "this run", "the other") == ""
+    with pytest.raises(ConfigError, match="no run.json"):
+        condition_differences(tmp_path / "a", tmp_path / "missing")

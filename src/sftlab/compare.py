@@ -197,3 +197,23 @@ def recipe_differences(a_dir: str | Path, b_dir: str | Path, ignore: tuple[str, 
     fa, fb = flat(a_dir), flat(b_dir)
     return [{"key": k, "a": fa.get(k), "b": fb.get(k)} for k in sorted(fa.keys() | fb.keys())
             if fa.get(k) != fb.get(k) and k not in ignore]
+
+
+# What a run's run.json says about where it ran, beside its recipe: the same recipe trains
+# differently with bf16 autocast on (AVX-512 BF16 CPUs, GPUs) than off (AVX2 CPUs).
+RUN_CONDITIONS = (("hardware", "cpu_kind"), ("hardware", "gpu"), ("training", "bf16"), ("training", "processes"),
+                  ("versions", "torch"), ("versions", "transformers"), ("versions", "peft"), ("versions", "trl"))
+
+
+def condition_differences(a_dir: str | Path, b_dir: str | Path) -> list[dict]:
+    """The `RUN_CONDITIONS` (dotted: "hardware.cpu_kind") on which two finished runs' run.json
+    differ, as rows {"key", "a", "b"} (None where a run does not record it)."""
+    def read(folder) -> dict:
+        path = Path(folder) / "run.json"
+        if not path.is_file():
+            raise ConfigError(f"{folder} has no run.json: is it a finished run folder?")
+        run = json.loads(path.read_text(encoding="utf-8"))
+        return {f"{section}.{key}": (run.get(section) or {}).get(key) for section, key in RUN_CONDITIONS}
+
+    ca, cb = read(a_dir), read(b_dir)
+    return [{"key": k, "a": ca[k], "b": cb[k]} for k in ca if ca[k] != cb[k]]

@@ -198,6 +198,16 @@ def recipe_difference_sentence(rows: list[dict], a_label: str, b_label: str, mea
             f"as well; a run of {b_label} with the same settings would isolate it.")
 
 
+def condition_difference_sentence(rows: list[dict], a_label: str, b_label: str) -> str:
+    """Where two compared runs ran differently (`compare.condition_differences`): "" when nowhere."""
+    if not rows:
+        return ""
+    listed = "; ".join(f"`{r['key']}` {fmt_setting(r['a'])} against {fmt_setting(r['b'])}" for r in rows)
+    return (f"The two runs also ran under different conditions ({listed}): part of any difference below "
+            f"may come from those, not from the recipe (bf16 autocast rounds every product of the training "
+            f"steps); a run of {b_label} on the same kind of machine would separate them.")
+
+
 def _counted_verdicts(results: Results, a: str, b: str) -> dict:
     parts = {"better": [], "worse": [], "unclear": []}
     for set_ in ("loss", "heldout", "ifeval", "multiturn"):
