@@ -79,3 +79,13 @@ def test_the_committed_adapter_card_names_the_hub_model():
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert "[More Information Needed]" not in card and "/root/" not in card and "/home/" not in card
     assert config["base_model_name_or_path"] == "google/gemma-3-270m" and "base_model: google/gemma-3-270m" in card
+
+
+def test_the_model_card_says_how_many_instruction_examples_were_added(tiny_results):
+    from sftlab.modelcard import model_card
+
+    assert "of them added" not in model_card(tiny_results)
+    report = json.loads((tiny_results / "data_report.json").read_text())
+    report["instructions"] = {"share": 0.5, "extra": {"n_added": 7}}
+    (tiny_results / "data_report.json").write_text(json.dumps(report))
+    assert "(7 of them added: instruction examples cut from conversations too long to keep)" in model_card(tiny_results)

@@ -85,6 +85,11 @@ def model_card(results_dir: str | Path) -> str:
     tr = run.get("training") or {}
     rows = "\n".join(f"| {m} | {b} | {s} |" for m, b, s in metrics_rows(metrics))
     mix = data_cfg.get("instructions")
+    report_path = Path(folder) / "data_report.json"
+    added = ((json.loads(report_path.read_text(encoding="utf-8")).get("instructions") or {}).get("extra") or {}
+             ).get("n_added") if report_path.is_file() else None
+    extra_note = (f" ({added} of them added: instruction examples cut from conversations too long to keep)"
+                  if added else "")
     hardware = run.get("hardware") or {}
     cpu = ", ".join(str(x) for x in (hardware.get("processor"), hardware.get("cpu_kind")) if x)
     where = hardware.get("gpu") or (f"CPU ({cpu})" if cpu else "CPU")
@@ -114,7 +119,7 @@ supervised fine-tuning on conversations, made with [sftlab](https://github.com/s
 
 - Data: `{source}` conversations{' (ShareGPT: ChatGPT conversations shared by users)' if sharegpt else ''},
   filtered to English with at most {data_cfg.get('max_turns', '?')} replies and {data_cfg.get('max_tokens', '?')} tokens;
-  {tr.get('train_conversations', '?')} training conversations{', of which a share ' + str(mix.get('share')) + ' rewritten to carry a verifiable instruction' if mix else ''}.
+  {tr.get('train_conversations', '?')} training conversations{', of which a share ' + str(mix.get('share')) + ' rewritten to carry a verifiable instruction' if mix else ''}{extra_note}.
 - Format: Gemma-3's turn template (`<start_of_turn>user` ... `<end_of_turn>`), loss on the replies and their
   `<end_of_turn>` only.
 - LoRA: rank {lora.get('r')}, alpha {lora.get('lora_alpha')}, on {', '.join(lora.get('target_modules') or [])};

@@ -74,6 +74,14 @@ def test_data_steps_table_follows_the_report(results):
     assert df.loc["1. read", "left after the step"] == "20"
     assert df.loc["3. filter", "left after the step"] == "11"
     assert df.loc["4. split", "left after the step"] == "8 train + 3 eval"
+    # instruction examples added from too-long conversations: trained on beside the split's 8
+    results.data_report["instructions"] = {"share": 0.5, "n_replaced": 4, "per_type": {"lowercase": 4},
+                                           "extra": {"n_added": 5, "per_type": {"max_words+lowercase": 5}}}
+    df = tables.data_steps_table(results)
+    assert df.loc["4. split", "left after the step"] == "8 train + 3 eval"
+    assert df.loc["4b. instruction examples", "left after the step"] == "13 train + 3 eval"
+    assert "5 more added, cut from conversations too long" in df.loc["4b. instruction examples", "what happens"]
+    assert df.loc["5. template + tokenize", "left after the step"].startswith("13 train")
 
 
 def test_repetition_table_counts_loops(results):

@@ -360,6 +360,8 @@ def data_steps_table(results: Results) -> pd.DataFrame:
     enc = r.get("encoding_skipped") or {}
     enc_train, enc_eval = sum((enc.get("train") or {}).values()), sum((enc.get("eval") or {}).values())
     max_length = (results.config.get("training") or {}).get("max_length")
+    # trained on: the split's training conversations plus any instruction examples added to them
+    n_trained = (r.get("n_train") or 0) + (((r.get("instructions") or {}).get("extra") or {}).get("n_added") or 0)
     rows = [
         ("1. read", f"records decoded from {r.get('source', '?')}", fmt_count(r.get("n_read"))),
         ("2. validate + normalize",
@@ -376,17 +378,19 @@ def data_steps_table(results: Results) -> pd.DataFrame:
         ("5. template + tokenize",
          f"Gemma-3 turn format, injection-safe encoding; longer than max_length={max_length} skipped: "
          f"{fmt_count(enc_train)} train, {fmt_count(enc_eval)} eval",
-         f"{fmt_count((r.get('n_train') or 0) - enc_train)} train + {fmt_count((r.get('n_eval') or 0) - enc_eval)} eval"),
+         f"{fmt_count(n_trained - enc_train)} train + {fmt_count((r.get('n_eval') or 0) - enc_eval)} eval"),
         ("6. loss mask", "labels only on reply tokens and their end-of-turn; everything else -100",
          f"{fmt_count((run.get('training') or {}).get('train_assistant_tokens_per_epoch'))} learned tokens "
          f"of {fmt_count((run.get('training') or {}).get('train_tokens_per_epoch'))}"),
     ]
     mix = r.get("instructions")
     if mix:
+        added = (f"; {fmt_count(mix['extra']['n_added'])} more added, cut from conversations too long to keep"
+                 if mix.get("extra") else "")
         rows.insert(4, ("4b. instruction examples",
                         f"{fmt_count(mix['n_replaced'])} training conversations rewritten to carry a verifiable "
-                        f"instruction ({len(mix['per_type'])} types); the held-out set is untouched",
-                        f"{fmt_count(r.get('n_train'))} train + {fmt_count(r.get('n_eval'))} eval"))
+                        f"instruction ({len(mix['per_type'])} types){added}; the held-out set is untouched",
+                        f"{fmt_count(n_trained)} train + {fmt_count(r.get('n_eval'))} eval"))
     if cfg.get("limit"):
         rows[0] = (rows[0][0], rows[0][1] + f" (first {cfg['limit']:,} only)", rows[0][2])
     return pd.DataFrame(rows, columns=["step", "what happens", "left after the step"]).set_index("step")
