@@ -85,7 +85,7 @@ def model_card(results_dir: str | Path) -> str:
     tr = run.get("training") or {}
     rows = "\n".join(f"| {m} | {b} | {s} |" for m, b, s in metrics_rows(metrics))
     mix = data_cfg.get("instructions")
-    report_path = Path(folder) / "data_report.json"
+    report_path = folder / "data_report.json"
     added = ((json.loads(report_path.read_text(encoding="utf-8")).get("instructions") or {}).get("extra") or {}
              ).get("n_added") if report_path.is_file() else None
     extra_note = (f" ({added} of them added: instruction examples cut from conversations too long to keep)"

@@ -246,7 +246,7 @@ def filter_conversations(
     if tokenizer is not None:
         all_lengths = token_lengths([conversation_text(c["messages"]) for c in survivors],
                                     tokenizer, cap=max_tokens)
-        kept, too_long = [], []
+        kept = []
         for conv, n in zip(survivors, all_lengths):
             if min_tokens is not None and n < min_tokens:
                 reject("too_few_tokens", conv)

@@ -79,6 +79,14 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+def sentences_within_words(text: str, spans: list[tuple[int, int]], n: int) -> int:
+    """How many of the first sentences (`spans`) fit in `n` words together."""
+    keep = 0
+    while keep < len(spans) and count_words(text[: spans[keep][1]]) <= n:
+        keep += 1
+    return keep
+
+
 def _cut_to(text: str, spans: list[tuple[int, int]], keep: int) -> str | None:
     """The text up to the end of sentence `keep`, backing off past sentences that end in ":"."""
     while keep and text[: spans[keep - 1][1]].rstrip().endswith(":"):
@@ -148,10 +156,8 @@ def _rw_max_words(text, request, rng, binding=False):
         return "has_table"
     if own <= n:
         return text, {"n": n}
-    spans, keep = sentence_spans(text), 0
-    while keep < len(spans) and count_words(text[: spans[keep][1]]) <= n:
-        keep += 1
-    cut = _cut_to(text, spans, keep)
+    spans = sentence_spans(text)
+    cut = _cut_to(text, spans, sentences_within_words(text, spans, n))
     return (cut, {"n": n}) if cut else "sentence_over_word_limit"
 
 

@@ -37,6 +37,7 @@ from .instructions import (
     make_example,
     render_instruction,
     sentence_spans,
+    sentences_within_words,
 )
 from .messages import validate_messages
 
@@ -63,12 +64,7 @@ def cut_reply(text: str, kind: str, size: int) -> str | None:
     'It has two steps.'
     """
     spans = sentence_spans(text)
-    if kind == "max_sentences":
-        keep = min(size, len(spans))
-    else:
-        keep = 0
-        while keep < len(spans) and count_words(text[: spans[keep][1]]) <= size:
-            keep += 1
+    keep = min(size, len(spans)) if kind == "max_sentences" else sentences_within_words(text, spans, size)
     # back off past an ending that promises more: "Here are the steps:" or a bare "1." list marker
     while keep and _DANGLING.search(text[: spans[keep - 1][1]].rstrip()):
         keep -= 1

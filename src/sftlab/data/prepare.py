@@ -120,7 +120,7 @@ def prepare_data(data_cfg: dict, tokenizer, seed: int, *, progress: bool = True)
     if cfg["instructions"]:
         # Training conversations only, after the split: the held-out set stays as it was.
         train, mix = mix_training_instructions(train, cfg["instructions"], seed)
-        extra, mix["extra"] = long_reply_training_examples(filtered, cfg["instructions"], seed, tokenizer,
+        extra, extra_report = long_reply_training_examples(filtered, cfg["instructions"], seed, tokenizer,
                                                            cfg["max_tokens"])
     # n_train counts the split's training conversations; the added ones are the mix's "extra"
     report = data_report(loaded, filtered, train, eval_, seed=seed)
@@ -129,10 +129,9 @@ def prepare_data(data_cfg: dict, tokenizer, seed: int, *, progress: bool = True)
         by_id = {c["id"]: c for c in train}
         # one example per type, its last request and reply, so the book can show what the model saw
         mix["samples"] = {t: by_id[i]["messages"][-2:] for t, i in mix.get("examples", {}).items() if i in by_id}
-        if mix["extra"] is None:
-            del mix["extra"]  # reports of recipes without the key stay as they were
-        else:
-            mix["extra"]["samples"] = {t: by_id[i]["messages"] for t, i in mix["extra"]["examples"].items()}
+        if extra_report is not None:  # only with the key: reports of recipes without it stay as they were
+            samples = {t: by_id[i]["messages"] for t, i in extra_report["examples"].items()}
+            mix["extra"] = {**extra_report, "samples": samples}
         report["instructions"] = mix
     return PreparedData(train=to_dataset(train), eval=to_dataset(eval_), report=report,
                         load=loaded, filtered=filtered)
