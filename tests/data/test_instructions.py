@@ -247,6 +247,19 @@ def test_a_mix_with_binding_limits_cuts_every_limited_reply_and_says_so():
         mix_instructions(convs, share=0.5, seed=0, binding_limits="yes")
 
 
+@pytest.mark.parametrize("name", ["max_words", "max_sentences"])
+def test_a_cut_reply_never_ends_on_a_bare_list_marker_or_a_colon(name):
+    # "1. Mix the flour." counts as two sentences ("1." and the rest), so a cut after the
+    # marker would leave "...\n2." at the end; the rewrite backs off to the last full sentence.
+    reply = ("Baking bread takes a few steps that anyone can follow at home. Here is what to do:\n"
+             "1. Mix the flour and water.\n2. Knead the dough well for ten minutes.\n3. Bake it until golden.")
+    c = conv("How do I bake bread?", reply)
+    examples = [make_example(c, name, random.Random(seed), binding_limits=True) for seed in range(20)]
+    cuts = {ex["messages"][-1]["content"] for ex in examples}
+    assert cuts <= {reply[: reply.index(end) + len(end)] for end in ("at home.", "and water.", "ten minutes.")}
+    assert any(cut.endswith("and water.") for cut in cuts)  # 30 words end on "2.": backed off to here
+
+
 def test_sentence_spans_agree_with_count_sentences():
     text = 'Hi. "How are you?" she asked.\n- eggs\n- milk\n\nDone!'
     spans = sentence_spans(text)

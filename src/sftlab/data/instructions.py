@@ -61,6 +61,7 @@ _TABLE_LINE = re.compile(r"^[ \t]*\|", re.MULTILINE)
 _LIST_MARKER = re.compile(r"^[ \t]*(?:#{1,6}[ \t]+|>[ \t]*|[-*+\u2022][ \t]+|\d+[.)][ \t]+)+")
 _CONTENT_WORD = re.compile(r"(?<![\w'\u2019\\-])[A-Za-z]{4,}(?![\w'\u2019-])")
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
+_DANGLING = re.compile(r"(?::|(?:^|\n)[ \t]*(?:\d+[.)]|[-*+\u2022]|#{1,6}))$")
 _FILLER_START = re.compile(r"(?i)^(sure|certainly|of course|absolutely|okay|ok|yes)\b[^.!?\n]{0,20}[.!?]\s+")
 
 
@@ -88,8 +89,9 @@ def sentences_within_words(text: str, spans: list[tuple[int, int]], n: int) -> i
 
 
 def _cut_to(text: str, spans: list[tuple[int, int]], keep: int) -> str | None:
-    """The text up to the end of sentence `keep`, backing off past sentences that end in ":"."""
-    while keep and text[: spans[keep - 1][1]].rstrip().endswith(":"):
+    """The text up to the end of sentence `keep`, backing off past an ending that promises more
+    (`_DANGLING`: "Here are the steps:" or a bare list marker "...\n5.", "- " or "##")."""
+    while keep and _DANGLING.search(text[: spans[keep - 1][1]].rstrip()):
         keep -= 1
     return text[: spans[keep - 1][1]].rstrip() if keep else None
 

@@ -19,7 +19,6 @@ request is reused: a conversation whose normalised opening request is that of a 
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter
 
 from sftlab.errors import ConfigError, DataError
@@ -47,7 +46,6 @@ EXTRA_SUFFIX = "+cut"  # id: the conversation's id, then instructions.ID_SUFFIX,
 PARTNER_TYPES: tuple[str, ...] = tuple(n for n in INSTRUCTION_TYPES if n not in LIMIT_TYPES and n != "min_words")
 LIMIT_KINDS: tuple[str, ...] = tuple(sorted(LIMIT_TYPES))
 _MEASURE = {"max_words": count_words, "max_sentences": count_sentences}
-_DANGLING = re.compile(r"(?::|(?:^|\n)[ \t]*(?:\d+[.)]|[-*+\u2022]|#{1,6}))$")
 # Reasons a smaller size may mend: too long for max_tokens, or over every limit once the partner added to it
 _TRY_SMALLER = frozenset({"does_not_fit", "over_every_limit"})
 # Reasons that come from the reply itself, the same whichever partner is tried.
@@ -65,9 +63,6 @@ def cut_reply(text: str, kind: str, size: int) -> str | None:
     """
     spans = sentence_spans(text)
     keep = min(size, len(spans)) if kind == "max_sentences" else sentences_within_words(text, spans, size)
-    # back off past an ending that promises more: "Here are the steps:" or a bare "1." list marker
-    while keep and _DANGLING.search(text[: spans[keep - 1][1]].rstrip()):
-        keep -= 1
     return _cut_to(text, spans, keep) if keep else None
 
 
