@@ -330,3 +330,22 @@ def test_smoke_run_end_to_end(tmp_path, tiny_model_dir):
     assert result["generation"]["prompts"] == 4 and len(result["generation"]["runs"]) == 2
     assert result["loading"]["cached"]["seconds"] > 0
     assert "trl-default" in proc.stdout and "Generation" in proc.stdout
+
+
+@pytest.mark.slow
+def test_generation_benchmark_times_both_ways_on_a_finished_run(tmp_path, tiny_recipe):
+    from sftlab.experiment import run_experiment
+
+    run_experiment(tiny_recipe, results_root=tmp_path / "results", progress=False)
+    out = tmp_path / "generation.json"
+    script = BENCH.parent / "generation.py"
+    proc = subprocess.run([sys.executable, str(script), "--results", str(tmp_path / "results" / "tiny"),
+                           "--prompts", "5", "--max-new-tokens", "12", "--chunks", "none,4,1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    runs = result["runs"]
+    assert [r["chunk_tokens"] for r in runs] == [None, 4, 1] and runs[0]["speedup"] == 1.0
+    assert all(r["identical"] == 5 and r["seconds"] > 0 for r in runs)  # the tiny model's replies, whichever way
+    assert result["hardware"]["cpu_kind"] and result["prompts"] == 5
+    assert "| chunk_tokens |" in proc.stdout and "identical replies" in proc.stdout

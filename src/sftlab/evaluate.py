@@ -38,6 +38,7 @@ def generate_replies(
     stop_ids: list[int],
     max_new_tokens: int,
     batch_size: int = 8,
+    chunk_tokens: int | None = 32,
     desc: str = "generating",
     progress: bool = True,
 ) -> list[dict]:
@@ -46,6 +47,13 @@ def generate_replies(
     Prompts are sorted by length so a batch wastes little padding; results come
     back in the input order. Each result: text (up to, not including, the stop
     token), stopped (a stop token came before the limit), n_tokens.
+
+    A batch is generated `chunk_tokens` new tokens at a time; after each chunk the
+    rows that have stopped leave the batch and its KV cache, so the rows still
+    writing stop paying for them (`model.generate` alone runs every row until the
+    last one stops: 55% of the trained model's decoding went to finished rows).
+    The cache carries over, so each token sees what it would in one `generate`
+    call; None generates the batch in one call.
     """
     import torch
     from tqdm.auto import tqdm
@@ -64,17 +72,11 @@ def generate_replies(
             p = prompts[i]
             ids[row, width - len(p) :] = torch.tensor(p)
             attn[row, width - len(p) :] = 1
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=attn.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=list(stop_ids),
-                pad_token_id=pad_id,
-            )
+        new_tokens = _generate_dropping_finished(
+            model, ids.to(device), attn.to(device), stop_set=stop_set, max_new_tokens=max_new_tokens,
+            chunk_tokens=chunk_tokens, pad_id=pad_id)
         for row, i in enumerate(batch):
-            new = out[row, width:].tolist()
+            new = new_tokens[row]
             cut = next((k for k, t in enumerate(new) if t in stop_set), None)
             tokens = new if cut is None else new[:cut]
             results[i] = {
@@ -83,6 +85,54 @@ def generate_replies(
                 "n_tokens": len(tokens),
             }
     return results  # type: ignore[return-value]
+
+
+def _generate_dropping_finished(model, ids, attn, *, stop_set: set[int], max_new_tokens: int,
+                                chunk_tokens: int | None, pad_id: int) -> list[list[int]]:
+    """New token ids per row of a left-padded batch, greedy, up to and including a stop token.
+
+    Hand-written because `generate` has no option to drop finished rows: it is called for
+    `chunk_tokens` at a time with the previous call's cache (`return_dict_in_generate`),
+    and rows that have stopped are removed from the batch and the cache between calls."""
+    import torch
+
+    from transformers.generation import utils as generation_utils
+
+    gen_kw = dict(do_sample=False, eos_token_id=sorted(stop_set), pad_token_id=pad_id)
+    # transformers renamed generate's `past_key_values` to `cache` (5.2 takes only the old name)
+    cache_kw = "cache" if hasattr(generation_utils, "ALL_CACHE_NAMES") else "past_key_values"
+    width = ids.shape[1]
+    if not chunk_tokens:
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens, **gen_kw)
+        return [out[row, width:].tolist() for row in range(len(ids))]
+    new_tokens: list[list[int] | None] = [None] * len(ids)
+    alive = list(range(len(ids)))  # batch rows still writing, in the order of `ids`' rows
+    cache, made = None, 0
+    while alive and made < max_new_tokens:
+        step = min(chunk_tokens, max_new_tokens - made)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=step, return_dict_in_generate=True,
+                                 **{cache_kw: cache}, **gen_kw)
+        grown = out.sequences.shape[1] - ids.shape[1]
+        cache = getattr(out, "cache", None)
+        ids, made = out.sequences, made + grown
+        cache = out.past_key_values if cache is None else cache
+        attn = torch.cat([attn, attn.new_ones((len(alive), grown))], dim=1)
+        keep = []
+        for k, row in enumerate(alive):
+            new = ids[k, width:].tolist()
+            if made >= max_new_tokens or grown < step or any(t in stop_set for t in new):
+                new_tokens[row] = new
+            else:
+                keep.append(k)
+        if len(keep) < len(alive):
+            index = torch.tensor(keep, dtype=torch.long, device=ids.device)
+            ids, attn = ids[index], attn[index]
+            if keep:
+                cache.batch_select_indices(index)
+            alive = [alive[k] for k in keep]
+    return new_tokens  # type: ignore[return-value]
 
 
 def assistant_nll(model, dataset, *, batch_size: int = 4, max_batches: int | None = None, progress: bool = True,
