@@ -363,6 +363,33 @@ def test_mix_with_share_zero_changes_nothing_and_bad_arguments_are_config_errors
         mix_instructions(convs, share=0.5, seed=0, types=["lowercase", "whisper"])
 
 
+def _instruction_sentences(out: list[dict], convs: list[dict]) -> list[str]:
+    return [ex["messages"][-2]["content"][len(c["messages"][-2]["content"]):].strip()
+            for ex, c in zip(out, convs) if ex is not c]
+
+
+def test_more_phrasings_draws_from_the_wider_set_only_when_asked():
+    convs = corpus(80)
+    first = {t for spec in INSTRUCTION_TYPES.values() for t in spec.phrasings}
+    more = {t for spec in INSTRUCTION_TYPES.values() for t in spec.more_phrasings}
+    assert all(len(spec.more_phrasings) >= 4 for spec in INSTRUCTION_TYPES.values()) and not first & more
+
+    def pattern(template):  # the phrasing as a regex, any text where a placeholder was
+        return re.compile(".+?".join(re.escape(part) for part in re.split(r"{\w+}", template)))
+
+    def uses(sentences, templates):
+        return sum(any(pattern(t).search(s) for t in templates) for s in sentences)
+
+    out, report = mix_instructions(convs, share=1.0, seed=3)
+    plain = _instruction_sentences(out, convs)
+    assert "more_phrasings" not in report and uses(plain, more) == 0
+    out, report = mix_instructions(convs, share=1.0, seed=3, more_phrasings=True)
+    wide = _instruction_sentences(out, convs)
+    assert report["more_phrasings"] is True and uses(wide, more) >= len(wide) // 4
+    with pytest.raises(ConfigError, match="more_phrasings"):
+        mix_instructions(convs, share=0.5, seed=0, more_phrasings="yes")
+
+
 def test_mixed_conversations_still_make_a_training_dataset():
     from sftlab.data import to_dataset
 
@@ -385,7 +412,7 @@ def _words6(text: str) -> set[tuple[str, ...]]:
 
 
 def _rendered_phrasings() -> list[str]:
-    """Every phrasing of every type, with every argument value its rewrite can produce."""
+    """Every phrasing of every type (both sets), with every argument value its rewrite can produce."""
     values = {
         "n": sorted({n for sizes in SIZES.values() for n in sizes}),
         "words": [["ocean"], ["kitchen", "window"], ["bread", "leaves", "station"]],
@@ -395,7 +422,7 @@ def _rendered_phrasings() -> list[str]:
     }
     out = []
     for spec in INSTRUCTION_TYPES.values():
-        for template in spec.phrasings:
+        for template in spec.wordings(more=True):  # the first set and the wider one
             names = sorted(set(re.findall(r"{(\w+)}", template)))
             for combo in itertools.product(*(values[k] for k in names)):
                 for spell in (False, True):

@@ -93,12 +93,15 @@ def test_instruction_examples_replace_a_share_of_training_only(tmp_path):
     mix = out.report["instructions"]
     assert mix["n_replaced"] == 10 and sum(mix["per_type"].values()) == 10
     assert all(len(m) == 2 for m in mix["samples"].values())  # each type's example: request and reply
-    assert "binding_limits" not in mix  # a recipe without the key keeps the report it always had
+    assert "binding_limits" not in mix and "more_phrasings" not in mix  # without the keys: the report it always had
 
     binding = data.prepare_data({**cfg, "instructions": {"share": 0.5, "seed": 1, "binding_limits": True}},
                                 None, seed=3, progress=False)
     assert binding.report["instructions"]["binding_limits"] is True
     assert binding.eval["messages"] == plain.eval["messages"]
+    wide = data.prepare_data({**cfg, "instructions": {"share": 0.5, "seed": 1, "more_phrasings": True}},
+                             None, seed=3, progress=False)
+    assert wide.report["instructions"]["more_phrasings"] is True and wide.eval["messages"] == plain.eval["messages"]
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -106,6 +109,7 @@ def test_instruction_examples_replace_a_share_of_training_only(tmp_path):
     ({"seed": 1}, "needs a share"),
     (0.3, "must be a mapping"),
     ({"share": 0.3, "binding_limits": "yes"}, "binding_limits must be true or false"),
+    ({"share": 0.3, "more_phrasings": 1}, "more_phrasings must be true or false"),
 ])
 def test_bad_instruction_settings_are_named(tmp_path, spec, message):
     path = tmp_path / "convs.jsonl"

@@ -37,6 +37,7 @@ from .messages import validate_messages
 PHRASINGS_PATH = Path(__file__).resolve().parents[1] / "prompts" / "instruction_phrasings.yaml"
 _LOADED = yaml.safe_load(PHRASINGS_PATH.read_text(encoding="utf-8"))
 PHRASINGS: dict[str, list[str]] = _LOADED["phrasings"]
+MORE_PHRASINGS: dict[str, list[str]] = _LOADED["more_phrasings"]  # only with more_phrasings=True
 VALUES: dict[str, list[str]] = _LOADED["values"]
 ID_SUFFIX = "+if"  # an instruction example keeps its conversation's id with this suffix
 
@@ -302,6 +303,11 @@ class InstructionType:
     phrasings: tuple[str, ...]
     rewrite: Callable
     code_ok: bool = True
+    more_phrasings: tuple[str, ...] = ()
+
+    def wordings(self, more: bool = False) -> tuple[str, ...]:
+        """The phrasings an example draws from: the first set, with `more` the second set after it."""
+        return self.phrasings + self.more_phrasings if more else self.phrasings
 
     def check_args(self, args: dict) -> dict:
         """The rewrite's arguments that the check takes."""
@@ -329,7 +335,7 @@ _SPECS = [  # (name, check, rewrite, code_ok)
     ("max_sentences", "max_sentences", _rw_max_sentences, False),
 ]
 INSTRUCTION_TYPES: dict[str, InstructionType] = {
-    name: InstructionType(name, check, tuple(PHRASINGS[name]), rewrite, code_ok)
+    name: InstructionType(name, check, tuple(PHRASINGS[name]), rewrite, code_ok, tuple(MORE_PHRASINGS.get(name, ())))
     for name, check, rewrite, code_ok in _SPECS
 }
 
@@ -362,7 +368,7 @@ def _join_instruction(request: str, instruction: str) -> str:
 
 
 def make_example(conversation: dict, type_name: str, rng: random.Random, *,
-                 binding_limits: bool = False) -> dict | str:
+                 binding_limits: bool = False, more_phrasings: bool = False) -> dict | str:
     """An instruction version of `conversation`, or the reason there is none.
 
     The instruction sentence (a phrasing of each part of `type_name`, e.g. "bullets" or
@@ -373,6 +379,7 @@ def make_example(conversation: dict, type_name: str, rng: random.Random, *,
     "fails_check". Other reasons come from the rewrites ("has_code_fence", "too_short", ...).
     With `binding_limits`, a length limit (`LIMIT_TYPES`) is one the reply does not meet yet, so
     the rewrite cuts it; a reply within every size is skipped as "within_every_limit".
+    With `more_phrasings`, the instruction sentence is drawn from `MORE_PHRASINGS` too.
     """
     parts = _parts(type_name)
     messages = conversation.get("messages") if isinstance(conversation, dict) else None
@@ -389,7 +396,7 @@ def make_example(conversation: dict, type_name: str, rng: random.Random, *,
             return out
         text, args = out
         checks.append({"type": part.check, **part.check_args(args)})
-        sentences.append(render_instruction(rng.choice(part.phrasings), args, spell=rng.random() < 0.5))
+        sentences.append(render_instruction(rng.choice(part.wordings(more_phrasings)), args, spell=rng.random() < 0.5))
     text = text.strip()
     prompt = _join_instruction(request, " ".join(sentences))
     new_id = f"{conversation.get('id', '')}{ID_SUFFIX}"
@@ -408,7 +415,7 @@ def make_example(conversation: dict, type_name: str, rng: random.Random, *,
 
 def mix_instructions(
     train_convs: list[dict], *, share: float, seed: int, types: list[str] | None = None,
-    binding_limits: bool = False,
+    binding_limits: bool = False, more_phrasings: bool = False,
 ) -> tuple[list[dict], dict]:
     """Replace `round(share * len(train_convs))` training conversations by instruction versions.
 
@@ -419,7 +426,8 @@ def mix_instructions(
     drawn, so fewer than asked are replaced only when the conversations run out. Returns the new list (same order and
     length) and a report: {"share", "seed", "n_conversations", "n_target", "n_replaced",
     "per_type": {type: count}, "skipped": {reason: failed attempts}, "examples": {type: an id}},
-    plus "binding_limits": true when set (see `make_example`). Deterministic for a seed and input.
+    plus "binding_limits" / "more_phrasings": true when set (see `make_example`). Deterministic for a
+    seed and input.
     """
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
         raise ConfigError(f"instruction share must be a number from 0 to 1, got {share!r}")
@@ -428,8 +436,9 @@ def mix_instructions(
         raise ConfigError("instruction types must not be empty")
     for name in names:
         _parts(name)
-    if not isinstance(binding_limits, bool):
-        raise ConfigError(f"binding_limits must be true or false, got {binding_limits!r}")
+    for key, value in (("binding_limits", binding_limits), ("more_phrasings", more_phrasings)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
     rng = random.Random(seed)
     target = round(share * len(train_convs))
     order = list(range(len(train_convs)))
@@ -442,7 +451,8 @@ def mix_instructions(
             break
         tiebreak = {name: rng.random() for name in names}
         for name in sorted(names, key=lambda t: (per_type[t], tiebreak[t])):
-            result = make_example(train_convs[idx], name, rng, binding_limits=binding_limits)
+            result = make_example(train_convs[idx], name, rng, binding_limits=binding_limits,
+                                  more_phrasings=more_phrasings)
             if isinstance(result, str):
                 skipped[result] += 1
                 continue
@@ -458,4 +468,6 @@ def mix_instructions(
               "skipped": dict(skipped.most_common()), "examples": dict(sorted(examples.items()))}
     if binding_limits:  # only when set: reports of recipes without the key stay as they were
         report["binding_limits"] = True
+    if more_phrasings:
+        report["more_phrasings"] = True
     return out, report

@@ -67,7 +67,7 @@ def cut_reply(text: str, kind: str, size: int) -> str | None:
 
 
 def cut_example(conversation: dict, partner: str, kind: str, size: int, rng: random.Random, *,
-                max_tokens: int, tokenizer) -> dict | str:
+                max_tokens: int, tokenizer, more_phrasings: bool = False) -> dict | str:
     """One example from `conversation`'s first exchange, or the reason there is none.
 
     The reply is cut to `size` (`cut_reply`), `partner` applied to it (`make_example`), and the
@@ -89,7 +89,7 @@ def cut_example(conversation: dict, partner: str, kind: str, size: int, rng: ran
         return "no_sentence_to_keep"
     example = make_example({"id": conversation.get("id", ""), "messages": [request, {"role": "assistant",
                                                                                       "content": cut}]},
-                           partner, rng)
+                           partner, rng, more_phrasings=more_phrasings)
     if isinstance(example, str):
         return example
     text = example["messages"][-1]["content"]
@@ -97,7 +97,7 @@ def cut_example(conversation: dict, partner: str, kind: str, size: int, rng: ran
     if n is None:
         return "over_every_limit"
     limit = INSTRUCTION_TYPES[kind]
-    sentence = render_instruction(rng.choice(limit.phrasings), {"n": n}, spell=rng.random() < 0.5)
+    sentence = render_instruction(rng.choice(limit.wordings(more_phrasings)), {"n": n}, spell=rng.random() < 0.5)
     prompt = f"{example['messages'][0]['content']} {sentence}"
     checks = [*example["instruction_checks"], {"type": limit.check, **limit.check_args({"n": n})}]
     record = {"id": example["id"] + EXTRA_SUFFIX, "prompt": prompt, "checks": checks}
@@ -117,6 +117,7 @@ def cut_example(conversation: dict, partner: str, kind: str, size: int, rng: ran
 def long_reply_examples(
     pool: list[dict], *, n: int, seed: int, max_tokens: int, tokenizer,
     exclude_prompts: set[str] | frozenset[str] = frozenset(), types: list[str] | None = None,
+    more_phrasings: bool = False,
 ) -> tuple[list[dict], dict]:
     """Up to `n` examples (`cut_example`) from `pool`, drawn in a `random.Random(seed)` order.
 
@@ -126,7 +127,7 @@ def long_reply_examples(
     a partner whose example does not fit (or is over every limit) tries the next smaller size. Every failed attempt is
     counted by reason, and a conversation nothing applies to as "no_type_applies". Returns the
     examples and a report {"n_asked", "n_pool", "n_added", "per_type", "skipped", "examples"}.
-    Deterministic for a seed and input.
+    Deterministic for a seed and input. `more_phrasings` as in `instructions.make_example`.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ConfigError(f"data.instructions.extra must be a whole number >= 0, got {n!r}")
@@ -154,7 +155,8 @@ def long_reply_examples(
         made = None
         for partner in sorted(partners, key=lambda t: (per_partner[t], tiebreak[t])):
             for size in sizes:
-                made = cut_example(conv, partner, kind, size, rng, max_tokens=max_tokens, tokenizer=tokenizer)
+                made = cut_example(conv, partner, kind, size, rng, max_tokens=max_tokens, tokenizer=tokenizer,
+                                   more_phrasings=more_phrasings)
                 if isinstance(made, dict):
                     break
                 skipped[made] += 1

@@ -34,7 +34,8 @@ DATA_KEYS = {
     "drop_context_prompts": "drop conversations that open by continuing a conversation not there (\"continue\")",
     "dedupe": "keep only the first conversation with each normalised opening request (before the split)",
     "instructions": "verifiable-instruction examples replacing a share of the training conversations: "
-                    "{share: 0.3, seed: 0, types: null (all), binding_limits: false}; see sftlab.data.instructions",
+                    "{share: 0.3, seed: 0, types: null (all), binding_limits: false, more_phrasings: false}; "
+                    "see sftlab.data.instructions",
     "loss_on": "which training tokens carry the loss: replies (each assistant reply and its end-of-turn "
                "token) | all (the whole conversation, prompts and turn markers too); held-out losses always "
                "score replies",
@@ -142,6 +143,8 @@ INSTRUCTION_KEYS = {"share": "share of training conversations replaced (0 to 1)"
                     "types": "instruction types to use (default: all, sftlab.data.instructions.TYPE_NAMES)",
                     "binding_limits": "length limits (at most N words or sentences) drawn below the reply's own "
                                       "length, so every such example cuts its reply (default false)",
+                    "more_phrasings": "draw each instruction sentence from a second, wider set of phrasings too, "
+                                      "in everyday words such as \"lowercase\" and \"bullet points\" (default false)",
                     "extra": "this many more examples added, made from conversations longer than max_tokens: the "
                              "first reply cut to a word or sentence limit plus one other instruction "
                              "(sftlab.data.long_replies; default 0)"}
@@ -160,7 +163,8 @@ def mix_training_instructions(train: list[dict], spec: dict, seed: int) -> tuple
     if "share" not in spec:
         raise ConfigError("data.instructions needs a share, e.g. {share: 0.3}")
     return mix_instructions(train, share=spec["share"], seed=int(spec.get("seed", seed)), types=spec.get("types"),
-                            binding_limits=spec.get("binding_limits", False))
+                            binding_limits=spec.get("binding_limits", False),
+                            more_phrasings=spec.get("more_phrasings", False))
 
 
 def long_reply_training_examples(filtered: FilterResult, spec: dict, seed: int, tokenizer,
@@ -177,7 +181,8 @@ def long_reply_training_examples(filtered: FilterResult, spec: dict, seed: int, 
                           "conversations longer than that, cut down to fit it")
     kept_openings = {normalized_prompt(first_prompt(c["messages"])) for c in filtered.kept}
     return long_reply_examples(filtered.too_long, n=n, seed=int(spec.get("seed", seed)), max_tokens=max_tokens,
-                               tokenizer=tokenizer, exclude_prompts=kept_openings, types=spec.get("types"))
+                               tokenizer=tokenizer, exclude_prompts=kept_openings, types=spec.get("types"),
+                               more_phrasings=spec.get("more_phrasings", False))
 
 
 def to_dataset(convs: list[dict]):
