@@ -99,7 +99,8 @@ def _generate_dropping_finished(model, ids, attn, *, stop_set: set[int], max_new
     from transformers.generation import utils as generation_utils
 
     gen_kw = dict(do_sample=False, eos_token_id=sorted(stop_set), pad_token_id=pad_id)
-    # transformers renamed generate's `past_key_values` to `cache` (5.2 takes only the old name)
+    # newer transformers call generate's cache argument `cache` (and deprecate `past_key_values`);
+    # older ones take only `past_key_values`
     cache_kw = "cache" if hasattr(generation_utils, "ALL_CACHE_NAMES") else "past_key_values"
     width = ids.shape[1]
     if not chunk_tokens:
@@ -115,9 +116,8 @@ def _generate_dropping_finished(model, ids, attn, *, stop_set: set[int], max_new
             out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=step, return_dict_in_generate=True,
                                  **{cache_kw: cache}, **gen_kw)
         grown = out.sequences.shape[1] - ids.shape[1]
-        cache = getattr(out, "cache", None)
         ids, made = out.sequences, made + grown
-        cache = out.past_key_values if cache is None else cache
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
         attn = torch.cat([attn, attn.new_ones((len(alive), grown))], dim=1)
         keep = []
         for k, row in enumerate(alive):
