@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import ROOT, format_table, hardware, log, ratio, versions  # noqa: E402  (the sibling script)
+from bench import ROOT, _relative, format_table, hardware, log, ratio, versions  # noqa: E402  (the sibling script)
 
 DEFAULT_OUT = ROOT / "results" / "bench" / "generation.json"
 
@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, "benchmarks/generation.py"] + (argv or sys.argv[1:])),
-        "results": str(Path(args.results).resolve().relative_to(ROOT)) if Path(args.results).resolve().is_relative_to(ROOT)
-        else args.results,
+        "results": _relative(args.results),
         "model": args.model, "prompts": len(prompts), "max_new_tokens": max_new, "batch_size": batch,
         "hardware": hw, "versions": versions(),
         "runs": [{k: v for k, v in r.items() if k != "replies"} for r in runs],

@@ -68,8 +68,7 @@ def trials_table(default: Results, folder: str | Path | None = None) -> pd.DataF
     rows = []
     for name in trial_names(folder):
         trial = load_results(str((folder / name).resolve()), check=False)
-        config = yaml.safe_load((folder / name / "config.yaml").read_text()) or {}
-        changes = [c for c in recipe_changes(config, default.config) if not c.startswith("name:")]
+        changes = [c for c in recipe_changes(trial.config, default.config) if not c.startswith("name:")]
         rows.append(_row(md_code(name), trial, "; ".join(md_code(c) for c in changes) or "none"))
     if not rows:
         return pd.DataFrame()

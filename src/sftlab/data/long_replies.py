@@ -63,7 +63,7 @@ def cut_reply(text: str, kind: str, size: int) -> str | None:
     """
     spans = sentence_spans(text)
     keep = min(size, len(spans)) if kind == "max_sentences" else sentences_within_words(text, spans, size)
-    return _cut_to(text, spans, keep) if keep else None
+    return _cut_to(text, spans, keep)
 
 
 def cut_example(conversation: dict, partner: str, kind: str, size: int, rng: random.Random, *,
