@@ -53,10 +53,17 @@ check-notebooks: install
 execute-notebooks: notebooks
 	$(VENV)/bin/sftlab notebooks execute
 
-# The book: HTML first (a failed PDF still leaves the site), then the PDF. Quarto and a LaTeX are
-# fetched when missing and fetchable (quarto-cli from PyPI downloads Quarto; `quarto install tinytex`
-# downloads TinyTeX); where they cannot be had (no network), say so plainly and exit non-zero.
+# The book: HTML first, into _book/ (a failed PDF still leaves the site), then the PDF into a
+# folder of its own, copied into _book/ beside the site: a single-format render of a book empties
+# its output folder first, so rendering the PDF into _book/ would delete the HTML. The PDF pass
+# finds each chapter's execution in Quarto's Jupyter cache (_quarto.yml), so chapters run once.
+# Quarto and a LaTeX are fetched when missing and fetchable (quarto-cli from PyPI downloads Quarto;
+# `quarto install tinytex` downloads TinyTeX); where they cannot be had (no network), say so
+# plainly and exit non-zero.
 QUARTO = $(shell command -v quarto 2>/dev/null || echo $(VENV)/bin/quarto)
+BOOK_DIR := _book
+PDF_DIR := .book-pdf
+PDF_NAME := sftlab.pdf
 
 book: install
 	@if [ ! -x "$(QUARTO)" ]; then \
@@ -83,11 +90,15 @@ book: install
 		echo "No LaTeX found for the PDF: trying 'quarto install tinytex' ..."; \
 		$$Q install tinytex --no-prompt || { \
 			echo ""; \
-			echo "The HTML book is in _book/; the PDF needs a LaTeX: 'quarto install tinytex', or on Debian/Ubuntu"; \
+			echo "The HTML book is in $(BOOK_DIR)/; the PDF needs a LaTeX: 'quarto install tinytex', or on Debian/Ubuntu"; \
 			echo "'apt install texlive-xetex texlive-fonts-recommended texlive-fonts-extra' (fontawesome5 for the callouts)."; \
 			exit 1; }; \
 	fi; \
-	$$Q render --to pdf
+	rm -rf $(PDF_DIR); \
+	$$Q render --to pdf --output-dir $(PDF_DIR) || { \
+		echo ""; echo "The PDF failed (see above); the HTML book is in $(BOOK_DIR)/."; exit 1; }; \
+	cp $(PDF_DIR)/$(PDF_NAME) $(BOOK_DIR)/$(PDF_NAME) && rm -rf $(PDF_DIR) && \
+	echo "The book: $(BOOK_DIR)/index.html (site) and $(BOOK_DIR)/$(PDF_NAME)"
 
 preview: install
 	@Q=$$(command -v quarto 2>/dev/null || echo $(VENV)/bin/quarto); \
@@ -98,4 +109,4 @@ bench: install
 	$(PY) benchmarks/bench.py
 
 clean:
-	rm -rf _book .quarto .pytest_cache .jupyter_cache
+	rm -rf _book .book-pdf .quarto .pytest_cache .jupyter_cache

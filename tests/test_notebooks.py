@@ -27,6 +27,7 @@ from sftlab.notebooks import (
     pdf_link_line,
     cell_options,
     chapter_files,
+    chapter_source,
     chapter_notebook,
     colab_url,
     export_notebooks,
@@ -50,7 +51,7 @@ format: html
 ---
 
 ::: {.content-visible when-format="html"}
-[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sftlab/sftlab/blob/main/notebooks/01-background.ipynb)
+[Open this chapter as a notebook in Colab](https://colab.research.google.com/github/sftlab/sftlab/blob/main/notebooks/01-background.ipynb){.colab-link}
 :::
 
 ::: {.content-visible when-format="pdf"}
@@ -143,7 +144,7 @@ def convert(text=CHAPTER, stem="01-background"):
 def test_front_matter_is_split_off_and_becomes_the_title_cell():
     meta, body = split_front_matter(CHAPTER)
     assert meta == {"title": "Background", "format": "html"}
-    assert body.lstrip().startswith('::: {.content-visible when-format="html"}\n[![Open in Colab]')
+    assert body.lstrip().startswith('::: {.content-visible when-format="html"}\n[Open this chapter as a notebook in Colab]')
     nb = convert()
     assert nb.cells[1].cell_type == "markdown" and nb.cells[1].source == "# Background"
     assert all("format: html" not in cell.source for cell in nb.cells)
@@ -181,7 +182,7 @@ def test_markdown_is_kept_and_quarto_only_syntax_dropped():
     assert "Kept text inside a callout." in text and ":::" not in text
     assert "````markdown\n```{python}\nshown_not_run()\n```\n````" in text
     assert text.endswith("Closing words.")
-    assert "colab-badge.svg" not in text  # a notebook needs no link to itself
+    assert "Open this chapter as a notebook" not in text  # a notebook needs no link to itself
 
 
 def test_cells_come_in_chapter_order():
@@ -285,8 +286,8 @@ def test_colab_url_and_badge_come_from_quarto_yml(book):
         "https://colab.research.google.com/github/sftlab/sftlab/blob/main/notebooks/01-background.ipynb"
     )
     assert badge_line("index", book) == (
-        "[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-        "(https://colab.research.google.com/github/sftlab/sftlab/blob/main/notebooks/index.ipynb)"
+        "[Open this chapter as a notebook in Colab]"
+        "(https://colab.research.google.com/github/sftlab/sftlab/blob/main/notebooks/index.ipynb){.colab-link}"
     )
     assert badge_block("index", book) == (
         '::: {.content-visible when-format="html"}\n' + badge_line("index", book) + "\n:::\n\n"
@@ -299,14 +300,14 @@ def test_colab_url_and_badge_come_from_quarto_yml(book):
 
 def test_export_writes_one_notebook_per_chapter_and_check_detects_drift(book):
     (book / "chapters" / "_partial.qmd").write_text("included elsewhere\n")
-    (book / "chapters" / "index.qmd").write_text("# Preface {.unnumbered}\n\nHello.\n")
+    (book / "index.qmd").write_text("# Preface {.unnumbered}\n\nHello.\n")
     written = export_notebooks(book)
     assert sorted(p.name for p in written) == ["01-background.ipynb", "index.ipynb"]
     assert sorted(p.name for p in (book / "notebooks").iterdir()) == ["01-background.ipynb", "index.ipynb"]
     assert export_notebooks(book, check=True) == []
     (book / "chapters" / "01-background.qmd").write_text(CHAPTER + "\nMore.\n")
     assert [p.name for p in export_notebooks(book, check=True)] == ["01-background.ipynb"]
-    (book / "chapters" / "index.qmd").unlink()
+    (book / "index.qmd").unlink()
     (book / "notebooks" / "mine.ipynb").write_text(nbformat.writes(nbformat.v4.new_notebook()))
     export_notebooks(book)  # removes the notebook of a deleted chapter, keeps the user's own
     assert sorted(p.name for p in (book / "notebooks").iterdir()) == ["01-background.ipynb", "mine.ipynb"]
@@ -382,8 +383,10 @@ def test_quarto_yml_is_a_book_with_the_chapters_in_order():
         "chapters/07-inside-the-model.qmd",
         "chapters/references.qmd",
     ]
-    # Quarto wants the home page beside _quarto.yml; it only includes the real text.
-    assert (ROOT / "index.qmd").read_text().strip() == "{{< include chapters/index.qmd >}}"
+    # Quarto wants the home page beside _quarto.yml; it is the preface, unnumbered, and it is
+    # also the first notebook.
+    assert (ROOT / "index.qmd").read_text().startswith("# Preface {#sec-preface .unnumbered}")
+    assert chapter_files(ROOT)[0] == ROOT / "index.qmd"
 
 
 def bib_keys() -> list[str]:
@@ -428,8 +431,8 @@ def test_every_citation_in_the_chapters_is_in_references_bib():
 
 @needs_chapters
 def test_every_real_chapter_is_listed_in_the_book():
-    config = (ROOT / "_quarto.yml").read_text() + (ROOT / "index.qmd").read_text()
-    assert [p.name for p in REAL_CHAPTERS if f"chapters/{p.name}" not in config] == []
+    config = (ROOT / "_quarto.yml").read_text()
+    assert [p.name for p in REAL_CHAPTERS if f"- {chapter_source(p, ROOT)}" not in config] == []
 
 
 @needs_chapters

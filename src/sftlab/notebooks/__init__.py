@@ -35,7 +35,8 @@ from .execute import execute_notebook, execute_notebooks  # noqa: F401
 from .export import book_bibliography, chapter_notebook, export_notebooks, qmd_to_notebook, setup_source  # noqa: F401
 from .layout import (  # noqa: F401
     CHAPTERS_DIR,
-    COLAB_BADGE_SVG,
+    COLAB_LINK_CLASS,
+    COLAB_LINK_TEXT,
     ERROR_TAG,
     HTML_ONLY,
     KERNELSPEC,
@@ -49,6 +50,7 @@ from .layout import (  # noqa: F401
     book_config,
     book_root,
     chapter_files,
+    chapter_source,
     colab_url,
     missing_badges,
     pdf_link_line,

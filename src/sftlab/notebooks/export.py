@@ -20,17 +20,18 @@ from .layout import (
     badge_line,
     book_root,
     chapter_files,
+    chapter_source,
     pdf_link_line,
     repo_branch,
     repo_url,
 )
-from .qmd import _FENCE, _PY_CELL, _closes, _markdown, cell_options, split_front_matter
+from .qmd import qmd_cells, split_front_matter
 
-def setup_source(stem: str, url: str, branch: str) -> str:
+def setup_source(stem: str, url: str, branch: str, source: str | None = None) -> str:
     """The first cell of every notebook: installs sftlab on Colab, elsewhere only moves to
     the project root (so `results/` resolves). It leaves no names behind."""
     return f'''\
-# Setup, generated from {CHAPTERS_DIR}/{stem}.qmd by `sftlab notebooks export`.
+# Setup, generated from {source or f"{CHAPTERS_DIR}/{stem}.qmd"} by `sftlab notebooks export`.
 # On Colab: clone sftlab and install it (a few minutes, once per session).
 # Elsewhere: only move to the project root, so that results/ and configs/ resolve.
 def _sftlab_setup(repo="{url}", branch="{branch}"):
@@ -65,6 +66,7 @@ def qmd_to_notebook(
     stem: str = "chapter",
     url: str,
     branch: str = "main",
+    source: str | None = None,
     drop_lines=(),
     labels: dict | None = None,
     bibliography=None,
@@ -89,44 +91,16 @@ def qmd_to_notebook(
     import nbformat.v4 as v4
 
     meta, body = split_front_matter(text)
-    cells = [v4.new_code_cell(setup_source(stem, url, branch))]
+    source = source or f"{CHAPTERS_DIR}/{stem}.qmd"
+    cells = [v4.new_code_cell(setup_source(stem, url, branch, source))]
     if meta.get("title"):
         cells.append(v4.new_markdown_cell(f"# {meta['title']}"))
 
-    drop = {line.strip() for line in drop_lines}
-    markdown: list[str] = []
-    lines = body.splitlines()
-    i, md_fence = 0, None
-
-    def flush():
-        source = _markdown(markdown, drop)
-        if source.strip():
-            cells.append(v4.new_markdown_cell(source))
-        markdown.clear()
-
-    while i < len(lines):
-        line = lines[i]
-        opening = _PY_CELL.match(line) if md_fence is None else None
-        if opening:
-            fence, code, i = opening.group("fence"), [], i + 1
-            while i < len(lines) and not _closes(lines[i], fence):
-                code.append(lines[i])
-                i += 1
-            i += 1  # the closing fence (or the end of an unclosed cell)
-            flush()
-            source = "\n".join(code).strip("\n")
-            options = cell_options(source)
-            tags = [SKIP_TAG] * (options.get("eval") is False) + [ERROR_TAG] * (options.get("error") is True)
-            cells.append(v4.new_code_cell(source, metadata={"tags": tags} if tags else {}))
-            continue
-        if md_fence is None:
-            match = _FENCE.match(line)
-            md_fence = match.group("fence") if match else None
-        elif _closes(line, md_fence):
-            md_fence = None
-        markdown.append(line)
-        i += 1
-    flush()
+    for kind, cell_source, tags in qmd_cells(body, drop={line.strip() for line in drop_lines}):
+        if kind == "code":
+            cells.append(v4.new_code_cell(cell_source, metadata={"tags": tags} if tags else {}))
+        else:
+            cells.append(v4.new_markdown_cell(cell_source))
 
     known = {**chapter_labels(text, stem), **(labels or {})}  # the book's know their chapter
     resolve_references(cells, stem=stem, labels=known, bibliography=bibliography, csl=csl, unresolved=unresolved)
@@ -138,7 +112,7 @@ def qmd_to_notebook(
         metadata={
             "kernelspec": dict(KERNELSPEC),
             "language_info": {"name": "python"},
-            "sftlab": {"source": f"{CHAPTERS_DIR}/{stem}.qmd"},
+            "sftlab": {"source": source},
         },
     )
 
@@ -164,6 +138,7 @@ def chapter_notebook(path: Path, root: Path | None = None, *, labels: dict | Non
         stem=path.stem,
         url=repo_url(root),
         branch=repo_branch(root),
+        source=chapter_source(path, root),
         drop_lines=[badge_line(path.stem, root), pdf_link_line(path.stem, root)],
         labels=book_labels(root) if labels is None else labels,
         bibliography=bibliography,

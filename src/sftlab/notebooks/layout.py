@@ -12,9 +12,11 @@ import yaml
 CHAPTERS_DIR = "chapters"
 NOTEBOOKS_DIR = "notebooks"
 NOT_NOTEBOOKS = {"references"}  # chapters with no code: the bibliography page
-COLAB_BADGE_SVG = "https://colab.research.google.com/assets/colab-badge.svg"
-# The badge is a remote SVG: fine in HTML, but a PDF build would have to download and
-# convert it, so chapters show it in HTML only (Quarto's documented conditional content).
+# The badge is a text link styled as a badge (`.colab-link` in chapters/book.css), not Colab's
+# remote SVG: offline, an image would show as a broken picture, a link still reads as text. The
+# PDF writes the link out instead (a printed badge cannot be clicked): Quarto's conditional content.
+COLAB_LINK_TEXT = "Open this chapter as a notebook in Colab"
+COLAB_LINK_CLASS = "colab-link"
 HTML_ONLY = '::: {.content-visible when-format="html"}'
 PDF_ONLY = '::: {.content-visible when-format="pdf"}'
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -78,7 +80,7 @@ def colab_url(chapter_stem: str, root: Path | None = None) -> str:
 
 def badge_line(chapter_stem: str, root: Path | None = None) -> str:
     """The markdown line that opens a chapter's notebook in Colab."""
-    return f"[![Open in Colab]({COLAB_BADGE_SVG})]({colab_url(chapter_stem, root)})"
+    return f"[{COLAB_LINK_TEXT}]({colab_url(chapter_stem, root)}){{.{COLAB_LINK_CLASS}}}"
 
 
 def pdf_link_line(chapter_stem: str, root: Path | None = None) -> str:
@@ -93,15 +95,24 @@ def badge_block(chapter_stem: str, root: Path | None = None) -> str:
 
 
 def chapter_files(root: Path | None = None) -> list[Path]:
-    """The chapters that become notebooks: `chapters/*.qmd`, index first, without the
-    references page and partials (`_name.qmd`, Quarto's convention for included files)."""
+    """The chapters that become notebooks: the preface (`index.qmd`, which Quarto wants beside
+    `_quarto.yml`) first, then `chapters/*.qmd` without the references page and partials
+    (`_name.qmd`, Quarto's convention for included files)."""
     root = root or book_root()
     files = [
         p
         for p in (root / CHAPTERS_DIR).glob("*.qmd")
-        if p.stem not in NOT_NOTEBOOKS and not p.name.startswith("_")
+        if p.stem not in NOT_NOTEBOOKS and not p.name.startswith("_") and p.stem != "index"
     ]
-    return sorted(files, key=lambda p: (p.stem != "index", p.name))
+    preface = [root / "index.qmd"] if (root / "index.qmd").is_file() else []
+    return preface + sorted(files, key=lambda p: p.name)
+
+
+def chapter_source(path: Path, root: Path | None = None) -> str:
+    """A chapter's path as `_quarto.yml` names it, relative to the project root (`index.qmd`,
+    `chapters/01-background.qmd`)."""
+    root = root or book_root()
+    return Path(path).resolve().relative_to(root.resolve()).as_posix()
 
 
 def missing_badges(root: Path | None = None) -> list[str]:

@@ -81,3 +81,48 @@ def _markdown(lines: list[str], drop: set[str]) -> str:
             continue
         out.append(_HEADING_ATTRS.sub(r"\1", line))
     return "\n".join(out).strip("\n")
+
+
+def qmd_cells(body: str, *, drop=frozenset()) -> list[tuple[str, str, list[str]]]:
+    """A chapter's body (front matter removed) as cells, in order: `("code", source, tags)` for
+    each ```{python} cell, its `#|` options kept as comments (`eval: false` tagged
+    `skip-execution`, `error: true` tagged `raises-exception`, nbclient's own tags), and
+    `("markdown", text, [])` for the text between them (`_markdown`; lines in `drop` removed).
+    Markdown fences, including ones that show a ```{python} cell literally, stay markdown."""
+    from .layout import ERROR_TAG, SKIP_TAG
+
+    cells: list[tuple[str, str, list[str]]] = []
+    markdown: list[str] = []
+    lines = body.splitlines()
+    i, md_fence = 0, None
+
+    def flush():
+        source = _markdown(markdown, set(drop))
+        if source.strip():
+            cells.append(("markdown", source, []))
+        markdown.clear()
+
+    while i < len(lines):
+        line = lines[i]
+        opening = _PY_CELL.match(line) if md_fence is None else None
+        if opening:
+            fence, code, i = opening.group("fence"), [], i + 1
+            while i < len(lines) and not _closes(lines[i], fence):
+                code.append(lines[i])
+                i += 1
+            i += 1  # the closing fence (or the end of an unclosed cell)
+            flush()
+            source = "\n".join(code).strip("\n")
+            options = cell_options(source)
+            tags = [SKIP_TAG] * (options.get("eval") is False) + [ERROR_TAG] * (options.get("error") is True)
+            cells.append(("code", source, tags))
+            continue
+        if md_fence is None:
+            match = _FENCE.match(line)
+            md_fence = match.group("fence") if match else None
+        elif _closes(line, md_fence):
+            md_fence = None
+        markdown.append(line)
+        i += 1
+    flush()
+    return cells
