@@ -196,19 +196,22 @@ CHECKS: dict[str, Callable[..., bool]] = {
 # --------------------------------------------------------------------------- prompt file
 
 
+_STRING_ARGS = frozenset({"phrase", "marker", "word", "start", "end", "separator"})
+_LIST_ARGS = frozenset({"words", "headers", "options"})
+
+
 def _arg_problem(name: str, value) -> str | None:
-    """What is wrong with a check argument, or None: n is a positive int, phrase and marker
-    non-empty strings, words a non-empty list of non-empty strings."""
+    """What is wrong with a check argument, or None: n is a positive int, phrase, marker (and the
+    other `_STRING_ARGS`) non-empty strings, words (and the other `_LIST_ARGS`) a non-empty list of
+    non-empty strings."""
     if name == "n":
         ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
         return None if ok else f"n must be a positive integer, got {value!r}"
-    if name == "phrase":
-        return None if isinstance(value, str) and value.strip() else f"phrase must be a non-empty string, got {value!r}"
-    if name == "marker":
-        return None if isinstance(value, str) and value.strip() else f"marker must be a non-empty string, got {value!r}"
-    if name == "words":
+    if name in _STRING_ARGS:
+        return None if isinstance(value, str) and value.strip() else f"{name} must be a non-empty string, got {value!r}"
+    if name in _LIST_ARGS:
         ok = isinstance(value, list) and value and all(isinstance(w, str) and w.strip() for w in value)
-        return None if ok else f"words must be a non-empty list of non-empty strings, got {value!r}"
+        return None if ok else f"{name} must be a non-empty list of non-empty strings, got {value!r}"
     return None
 
 
@@ -216,13 +219,15 @@ def _check_args(check: Mapping) -> dict:
     return {k: v for k, v in check.items() if k != "type"}
 
 
-def validate_record(record: Mapping) -> None:
+def validate_record(record: Mapping, checks: Mapping[str, Callable[..., bool]] | None = None) -> None:
     """Raise DataError, naming the prompt id and the check, if a prompt record is malformed.
 
-    A record is {"id": str, "prompt": str, "checks": [{"type": <a CHECKS name>, **its arguments}]}.
+    A record is {"id": str, "prompt": str, "checks": [{"type": <a CHECKS name>, **its arguments}]};
+    `checks` is another registry of check functions (`sftlab.ood.OOD_CHECKS`), CHECKS by default.
     Also rejects checks that contradict each other (all_lowercase with a
     phrase in capitals, a required word that is also forbidden, ...).
     """
+    registry = CHECKS if checks is None else checks
     if not isinstance(record, Mapping):
         raise DataError(f"a prompt record must be a JSON object, got {record!r}")
     pid = record.get("id")
@@ -242,10 +247,10 @@ def validate_record(record: Mapping) -> None:
         if not isinstance(check, Mapping) or "type" not in check:
             raise DataError(f"{where}: a check must be an object with a 'type', got {check!r}")
         ctype = check["type"]
-        if ctype not in CHECKS:
-            raise DataError(f"{where}: unknown check type {ctype!r}; known: {', '.join(sorted(CHECKS))}")
+        if ctype not in registry:
+            raise DataError(f"{where}: unknown check type {ctype!r}; known: {', '.join(sorted(registry))}")
         where = f"prompt {pid!r}, check {i} ({ctype})"
-        signature = list(inspect.signature(CHECKS[ctype]).parameters.values())[1:]
+        signature = list(inspect.signature(registry[ctype]).parameters.values())[1:]
         params = [p.name for p in signature]
         needed = {p.name for p in signature if p.default is inspect.Parameter.empty}
         args = _check_args(check)
@@ -289,8 +294,9 @@ def validate_record(record: Mapping) -> None:
         conflict(f"min_words {max(lows)} > max_words {min(highs)}")
 
 
-def load_prompts(path: str | Path | None = None) -> list[dict]:
-    """The prompt records of a JSONL file (default: the packaged `prompts/ifeval.jsonl`), validated.
+def load_prompts(path: str | Path | None = None, checks: Mapping[str, Callable[..., bool]] | None = None) -> list[dict]:
+    """The prompt records of a JSONL file (default: the packaged `prompts/ifeval.jsonl`), validated
+    against `checks` (default CHECKS).
 
     Blank lines are skipped; a bad line, a bad record or a repeated id raises
     DataError naming the line and the prompt id.
@@ -306,7 +312,7 @@ def load_prompts(path: str | Path | None = None) -> list[dict]:
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({err})") from err
             try:
-                validate_record(record)
+                validate_record(record, checks)
             except DataError as err:
                 raise DataError(f"{path}:{lineno}: {err}") from err
             if record["id"] in seen:
@@ -321,7 +327,8 @@ def load_prompts(path: str | Path | None = None) -> list[dict]:
 # --------------------------------------------------------------------------- scoring
 
 
-def score_reply(prompt_record: Mapping, reply: str, *, echo_proof: bool = True) -> dict:
+def score_reply(prompt_record: Mapping, reply: str, *, echo_proof: bool = True,
+                checks: Mapping[str, Callable[..., bool]] | None = None) -> dict:
     """Run every check of one prompt on one reply.
 
     An empty or blank reply follows no instruction (otherwise it would pass
@@ -335,22 +342,24 @@ def score_reply(prompt_record: Mapping, reply: str, *, echo_proof: bool = True) 
      "echoed": False}
     """
     own = strip_echo(reply, prompt_record["prompt"]) if echo_proof else reply
+    registry = CHECKS if checks is None else checks
     results = []
     for check in prompt_record["checks"]:
-        fn, args = CHECKS[check["type"]], _check_args(check)
+        fn, args = registry[check["type"]], _check_args(check)
         ok = bool(own.strip()) and fn(reply, **args) and (own is reply or fn(own, **args))
         results.append(bool(ok))
     return {"id": prompt_record["id"], "prompt_level": all(results), "instruction_results": results,
             "echoed": bool(echoed_spans(reply, prompt_record["prompt"]))}
 
 
-def ifeval_values(records: Sequence[Mapping], replies: Sequence[str], *, echo_proof: bool = True) -> dict:
+def ifeval_values(records: Sequence[Mapping], replies: Sequence[str], *, echo_proof: bool = True,
+                  checks: Mapping[str, Callable[..., bool]] | None = None) -> dict:
     """Per-prompt values, aligned with `records`: "prompt_level" (0/1: every check passed),
     "instruction_level" (rows [checks passed, checks]) and "echoed" (0/1: the reply copied
     the prompt). What both one system's accuracy and a paired comparison resample."""
     if len(replies) != len(records):
         raise ValueError(f"{len(records)} prompts but {len(replies)} replies")
-    scores = [score_reply(rec, reply, echo_proof=echo_proof) for rec, reply in zip(records, replies)]
+    scores = [score_reply(rec, reply, echo_proof=echo_proof, checks=checks) for rec, reply in zip(records, replies)]
     return {
         "prompt_level": [float(s["prompt_level"]) for s in scores],
         "instruction_level": [[sum(s["instruction_results"]), len(s["instruction_results"])] for s in scores],
@@ -366,8 +375,10 @@ def ifeval_accuracy(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    checks: Mapping[str, Callable[..., bool]] | None = None,
 ) -> dict:
-    """Prompt-level and instruction-level accuracy of one system, with 95% intervals.
+    """Prompt-level and instruction-level accuracy of one system, with 95% intervals (`checks`: the
+    registry the records' check types come from, CHECKS by default).
 
     `replies` is a list aligned with `records` or a dict from prompt id to reply.
     prompt_level: share of prompts whose checks all pass (Wilson interval); instruction_level:
@@ -392,8 +403,8 @@ def ifeval_accuracy(
         low, high = bootstrap_ci(rows, stat=pooled_ratio, n_resamples=n_resamples, confidence=confidence, seed=seed)
         return {"value": pooled_ratio(rows), "ci": [low, high]}
 
-    values = ifeval_values(records, replies)
-    raw = ifeval_values(records, replies, echo_proof=False)
+    values = ifeval_values(records, replies, checks=checks)
+    raw = ifeval_values(records, replies, echo_proof=False, checks=checks)
     per_type_flags: dict[str, list[float]] = {}
     for rec, s in zip(records, values["scores"]):
         for check, ok in zip(rec["checks"], s["instruction_results"]):
