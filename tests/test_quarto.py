@@ -133,5 +133,11 @@ def test_the_preface_is_unnumbered_so_the_chapters_are_numbered_from_one():
 @pytest.mark.parametrize("chapter", chapter_files(ROOT), ids=lambda p: p.stem)
 def test_every_chapter_executes_as_quarto_runs_it(chapter):
     """The acceptance test: every chapter, from its .qmd, in a fresh kernel in Quarto's
-    working directory, runs top to bottom."""
-    execute_like_quarto(chapter, ROOT, timeout=900)
+    working directory, runs top to bottom, and nothing it shows would print wrong in the PDF or
+    the offline HTML (sftlab.book.checks: glyphs, eaten <<brackets>>, backticks in tables,
+    progress bars, HTML-only outputs)."""
+    from sftlab.book.checks import output_faults
+
+    executed = []
+    execute_like_quarto(chapter, ROOT, timeout=900, executed=executed)
+    assert output_faults(executed[0]) == []

@@ -32,3 +32,14 @@ def test_comparison_card_escapes_truncates_and_flags(results):
 def test_ifeval_card_shows_checks(results):
     html, _, _ = cards.comparison_card(results_mod.samples(results, "ifeval")[0])
     assert "max_words(n=10)" in html and "no_commas: pass" in html and "no_commas: fail" in html
+
+
+def test_a_reply_of_many_short_lines_is_capped_by_lines_in_html_too(results):
+    # Capping by characters alone let a reply of "next" 90 times make a card 2,915 px tall.
+    sample = json.loads(json.dumps(results_mod.samples(results, "heldout")[2]))
+    sample["replies"]["sft"]["text"] = "next\n" * 90
+    html, latex, _ = cards.comparison_card(sample)
+    card = html.split("LoRA SFT", 1)[1].split("</div></div>", 1)[0]
+    assert card.count("next") == cards.HTML_MAX_LINES
+    assert "more characters not shown" in card
+    assert latex.count("next") <= cards.PDF_MAX_LINES

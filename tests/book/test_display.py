@@ -19,7 +19,8 @@ def test_markdown_table_escapes_cells():
 def test_markdown_table_formats_numbers():
     text = display.markdown_table(pd.DataFrame({"a|b": ["x\ny"], "n": [1234567], "f": [0.5], "t": ["<bos>"]}))
     assert text.splitlines()[0] == "| a\\|b | n | f | t |"
-    assert text.splitlines()[2] == "| x↵y | 1,234,567 | 0.50 | \\<bos\\> |"
+    # the PDF's text font has no return arrow: the newline is drawn as math
+    assert text.splitlines()[2] == "| x$\\hookleftarrow$y | 1,234,567 | 0.50 | \\<bos\\> |"
 
 
 def _html_rows(markup: str) -> list[list[str]]:
@@ -99,3 +100,27 @@ def test_the_pdf_table_may_break_long_identifiers(monkeypatch):
     show_table(pd.DataFrame({"field": ["train_sampling_strategy"], "value": ["group_by_length"]}), index=False)
     assert r"train\_\allowbreak{}sampling\_\allowbreak{}strategy" in shown[0]["text/markdown"]
     assert "train_sampling_strategy" in shown[0]["text/html"]  # the HTML is untouched
+
+
+def test_under_quarto_every_chart_page_loads_one_shared_copy_of_the_libraries(monkeypatch, tmp_path):
+    import sys
+
+    import altair as alt
+    import pandas as pd
+    import yaml
+
+    from sftlab.book import display as D
+
+    (tmp_path / "_quarto.yml").write_text("project: {type: book}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QUARTO_FIG_FORMAT", "png")
+    monkeypatch.setattr(D, "_BUNDLE_ON_PAGE", False)
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    chart = alt.Chart(pd.DataFrame({"x": [1, 2], "y": [3, 4]})).mark_point().encode(x="x", y="y")
+    page = D.chart_bundle(chart)["text/html"]
+    assert "window.vegaEmbed=" not in page.replace(" ", "") and len(page) < 20_000  # not the 900 KB bundle
+    assert D.VEGA_FILE in page and "quarto:offset" in page
+    assert (tmp_path / D.VEGA_FILE).read_text() == D.vega_bundle()
+    # the site gets the file: _quarto.yml copies it into _book/
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    assert D.VEGA_FILE in yaml.safe_load((root / "_quarto.yml").read_text())["project"]["resources"]

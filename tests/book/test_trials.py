@@ -47,10 +47,10 @@ def test_the_table_puts_each_trial_beside_the_committed_default(project, write_r
     assert trial_names(project / "results" / "trials") == ["more-phrasings"]
 
     table = trials_table(default)
-    assert list(table["run"]) == ["`default` (committed)", "`more-phrasings`"]
+    assert list(table["run"]) == ["default (committed)", "more-phrasings"]  # plain text: no code spans to print
     committed, trial = table.to_dict("records")
     # the hand-made default has no instruction mix, so the trial's whole mapping differs
-    assert trial["what differs from the default recipe"] == "`data.instructions: {more_phrasings: true, share: 0.6}`"
+    assert trial["what differs from the default recipe"] == "data.instructions: {more_phrasings: true, share: 0.6}"
     assert committed["what differs from the default recipe"] == "–"
     assert trial["IFEval prompt-level"] == "30% [20%, 40%]" and committed["IFEval prompt-level"] == "40% [30%, 50%]"
     assert trial["vs SmolLM2 (paired)"] == "-30 pp [-50, -10]" and committed["vs SmolLM2 (paired)"] == "–"

@@ -19,3 +19,15 @@ sees. Chapters import from here and from the core only.
     lora          LoRA parameter calculator, one trained update, update norms
     attention     attention by template segment, base vs SFT
 """
+
+import os as _os
+
+# The book shows no progress bars: a saved widget is a blank box offline, and a bar is not
+# content. Every chapter imports this package before it loads a model; transformers and the
+# Hub read these at import, tqdm at each bar (TQDM_DISABLE, tqdm >= 4.66).
+for _name in ("HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+    _os.environ.setdefault(_name, "1")
+if "transformers" in __import__("sys").modules:  # imported before this package: switch its bars off too
+    from transformers.utils import logging as _hf_logging
+
+    _hf_logging.disable_progress_bar()

@@ -109,7 +109,7 @@ def show_segments(tokenizer, messages: list[dict]) -> None:
         text = _html.escape(row.token).replace("\n", "↵")
         html_parts.append(
             f'<span title="{_html.escape(row.segment)}, position {row.position}" style="border-bottom:3px solid {colour};'
-            f'margin:1px;white-space:pre">{text}</span>' + ("<br>" if "\n" in row.token else "")
+            f'margin:1px;white-space:pre">{text}</span><wbr>' + ("<br>" if "\n" in row.token else "")
         )
         ltext = latex_escape(row.token.replace("\n", "")).replace(" ", "~")
         ltext += r"\ensuremath{\hookleftarrow}" * row.token.count("\n")
@@ -125,8 +125,8 @@ def show_segments(tokenizer, messages: list[dict]) -> None:
         rf"\textcolor[HTML]{{{SEGMENT_COLOURS[s].lstrip('#').upper()}}}{{\bfseries {latex_escape(s)}}}" for s in names
     )
     show_rich(
-        '<div style="font-family:monospace;font-size:0.85em;line-height:1.8;border:1px solid #ddd;padding:6px">'
-        + "".join(html_parts) + f'</div><div style="font-size:0.8em">{legend}</div>',
+        '<div class="sftlab-tokens" style="font-family:monospace;font-size:0.85em;line-height:1.8;'
+        'border:1px solid #ddd;padding:6px">' + "".join(html_parts) + f'</div><div style="font-size:0.8em">{legend}</div>',
         r"{\noindent\ttfamily\small " + "".join(latex_parts) + r"\par}"
         + r"{\footnotesize\noindent " + latex_legend + r"\par}",
         "".join(seg["token"]),

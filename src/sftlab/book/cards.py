@@ -72,27 +72,34 @@ PDF_MAX_LINES = 6
 
 
 def pdf_cut(text: str, max_chars: int = PDF_MAX_CHARS, max_lines: int = PDF_MAX_LINES) -> tuple[str, int]:
-    """(shown, characters hidden) for the PDF: at most `max_lines` lines and about `max_chars` characters."""
+    """(shown, characters hidden): at most `max_lines` lines and about `max_chars` characters (the PDF's
+    card by default; the HTML card with its own limits)."""
     lines = (text or "").split("\n")
     kept = "\n".join(lines[:max_lines])
     shown, _ = truncate(kept, max_chars)
     return shown, len(text or "") - len(shown)
 
 
-def comparison_card(sample: dict, systems=None, max_chars: int | None = 700) -> tuple[str, str, str]:
+HTML_MAX_LINES = 12  # a reply of many short lines ("next" 90 times) is tall without being long
+
+
+def comparison_card(sample: dict, systems=None, max_chars: int | None = 700,
+                    max_lines: int | None = HTML_MAX_LINES) -> tuple[str, str, str]:
     """(html, latex, plain) of one prompt and every system's reply, side by side.
 
     Text is escaped (replies may contain HTML or LaTeX), each reply says whether it
     stopped or hit the token limit, and long replies are cut with a visible note: after
-    `max_chars` characters in HTML, after `PDF_MAX_LINES` lines or `PDF_MAX_CHARS` characters
-    in the PDF, where a reply that loops would otherwise fill pages.
+    `max_lines` lines or `max_chars` characters in HTML, after `PDF_MAX_LINES` lines or
+    `PDF_MAX_CHARS` characters in the PDF, where a reply that loops would otherwise fill pages.
     """
 
     systems = [s for s in (systems or SYSTEMS) if s in sample["replies"]]
     checks = _check_names(sample)
 
     def cut(text):
-        shown, hidden = truncate(text or "", max_chars)
+        text = text or ""
+        shown, _ = pdf_cut(text, max_chars if max_chars is not None else len(text), max_lines or len(text) + 1)
+        hidden = len(text) - len(shown)
         return shown, (f"[… {hidden:,} more characters not shown]" if hidden else "")
 
     def tex_cut(text):
@@ -135,7 +142,7 @@ def comparison_card(sample: dict, systems=None, max_chars: int | None = 700) -> 
         color = SYSTEM_COLORS.get(key, "#444")
         flag_color = "#1a7f37" if reply.get("stopped") else ("#a00" if key != "_ref" else "#555")
         h.append(
-            f'<div style="{_BOX};border-top:4px solid {color}"><b>{_html.escape(name)}</b>'
+            f'<div class="sftlab-card" style="{_BOX};border-top:4px solid {color}"><b>{_html.escape(name)}</b>'
             f'<div style="color:{flag_color};font-size:0.9em">{_html.escape(status)}</div>'
             f'<div style="{_TEXT}">{_html.escape(shown) if shown.strip() else "<i>(empty reply)</i>"}</div>'
             + (f'<div style="color:#a00;font-size:0.9em">{_html.escape(note)}</div>' if note else "")

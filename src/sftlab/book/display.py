@@ -45,30 +45,68 @@ def vega_bundle() -> str:
     return vlc.javascript_bundle(vl_version=wanted if wanted in known else None)
 
 
-def chart_html(chart, *, with_bundle: bool) -> str:
+VEGA_FILE = "sftlab-vega.js"  # beside _quarto.yml; `project: resources` copies it into the site
+
+# Under Quarto the libraries are one file the whole site shares (`write_vega_bundle`), loaded from
+# the page's offset to the site root, which Quarto writes into every page as <meta name="quarto:offset">.
+_SHARED_LOADER = (
+    '<script type="text/javascript">if (!window.vegaEmbed && !window.__sftlabVega) {{ window.__sftlabVega = true;'
+    ' var m = document.querySelector(\'meta[name="quarto:offset"]\');'
+    ' document.write(\'<script src="\' + (m ? m.content : "./") + \'{file}"><\\/script>\'); }}</script>'
+)
+
+
+def under_quarto() -> bool:
+    """Whether this kernel runs for `quarto render` (Quarto sets QUARTO_FIG_FORMAT for its kernels)."""
+    import os
+
+    return "QUARTO_FIG_FORMAT" in os.environ
+
+
+def write_vega_bundle(root=None) -> "Path":
+    """Write the shared libraries (`vega_bundle`) to VEGA_FILE in the project root, if they changed."""
+    from pathlib import Path
+
+    from ..notebooks.layout import book_root
+
+    path = Path(root or book_root()) / VEGA_FILE
+    text = vega_bundle()
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def chart_html(chart, *, with_bundle: bool, shared: bool = False) -> str:
     """The chart as HTML that draws it with the local vega bundle (`vega_bundle`): a div and a script
-    calling `vegaEmbed`; `with_bundle` puts the libraries in front of it (once per page is enough)."""
+    calling `vegaEmbed`; `with_bundle` puts the libraries in front of it (once per page is enough),
+    `shared` loads them from the site's one copy instead (`write_vega_bundle`)."""
     import uuid
 
     target = f"sftlab-chart-{uuid.uuid4().hex[:12]}"
     spec = chart.to_json(indent=None).replace("</", "<\\/")  # a spec string must not close the script
     html = f'<div id="{target}"></div>'
-    if with_bundle:
+    if shared:
+        html += _SHARED_LOADER.format(file=VEGA_FILE)
+    elif with_bundle:
         html += f'<script type="text/javascript">{vega_bundle()}</script>'
     return html + (f'<script type="text/javascript">vegaEmbed("#{target}", {spec}, {{"mode": "vega-lite"}})'
                    f'.catch(console.error);</script>')
 
 
 def chart_bundle(chart) -> dict:
-    """The MIME bundle `show_chart` displays: interactive HTML (libraries included with the page's first
-    chart; with every chart in Colab, which shows each output in a frame of its own) and a static PNG."""
+    """The MIME bundle `show_chart` displays: interactive HTML and a static PNG. The HTML loads the
+    libraries from the site's one shared file under Quarto, carries them with the page's first chart
+    in a notebook, and with every chart in Colab, which shows each output in a frame of its own."""
     import sys
 
     global _BUNDLE_ON_PAGE
+    shared = under_quarto() and "google.colab" not in sys.modules
+    if shared:
+        write_vega_bundle()
     with_bundle = not _BUNDLE_ON_PAGE or "google.colab" in sys.modules
     _BUNDLE_ON_PAGE = True
     return {
-        "text/html": chart_html(chart, with_bundle=with_bundle),
+        "text/html": chart_html(chart, with_bundle=with_bundle, shared=shared),
         "image/png": chart_png(chart),
         "text/plain": f"<{type(chart).__name__}: interactive in HTML, PNG in PDF>",
     }

@@ -86,10 +86,31 @@ def fmt_diff(entry: dict | None, kind: str = "score") -> str:
 
 
 def md_escape(text: str) -> str:
-    """Text for a Markdown table cell: no raw HTML, no emphasis, no column breaks, no math;
-    a newline shows as ↵."""
-    text = str(text).replace("\n", "↵")
-    return re.sub(r"([\\`*_\[\]<>|$#~^])", r"\\\1", text)
+    """Text for a Markdown table cell (what the PDF prints): no raw HTML, no emphasis, no column
+    breaks, no math of its own; a newline shows as a return arrow and the symbols of `PDF_SYMBOLS`
+    as math, since the PDF's text font has no glyph for them.
+
+    >>> print(md_escape("a <<b>> c → d"))
+    a \\<\\<b\\>\\> c $\\rightarrow$ d
+    """
+    text = re.sub(r"([\\`*_\[\]<>|$#~^])", r"\\\1", str(text).replace("\n", "↵"))
+    text = "".join(_md_symbol(c) for c in text)
+    return _UNSUPPORTED_RUN.sub(lambda m: f"*\\[{_another_script(m.group())}\\]*", text)
+
+
+def _another_script(run: str) -> str:
+    """The placeholder for a run of characters the PDF font cannot show: how many were left out."""
+    n = sum(not c.isspace() for c in run)
+    return f"{n} character{'s' if n != 1 else ''} in another script"
+
+
+def _md_symbol(c: str) -> str:
+    """A character as the PDF's Markdown writes it: a `PDF_SYMBOLS` symbol as inline math (or its
+    plain stand-in), anything else as is."""
+    if c not in PDF_SYMBOLS:
+        return c
+    stand_in = PDF_SYMBOLS[c]
+    return f"${stand_in}$" if stand_in.startswith("\\") else stand_in
 
 
 def md_code(text: str) -> str:
@@ -130,8 +151,16 @@ def fmt_cell(value, digits: int) -> str:
 
 # Characters the PDF's font (Latin Modern, xelatex) has glyphs for: Latin scripts and common
 # punctuation. Anything else (a base model's looping Korean or Chinese, emoji) would print as
-# blank space, so `latex_escape` writes a visible note in its place.
-_PDF_UNSUPPORTED = r"[^\u0000-\u024f\u2010-\u2027\u2030-\u205e\u20ac\u2122]"
+# blank space, so `latex_escape` writes a visible note in its place, and symbols the book itself
+# uses go as math (`PDF_SYMBOLS`; "" drops a purely decorative one).
+PDF_SUPPORTED = "\u0000-\u024f\u2010-\u2027\u2030-\u205e\u20ac\u2122"
+PDF_SYMBOLS = {
+    "↵": r"\hookleftarrow", "⏎": r"\hookleftarrow", "→": r"\rightarrow", "←": r"\leftarrow",
+    "Δ": r"\Delta", "α": r"\alpha", "β": r"\beta", "−": "-", "≈": r"\approx", "≤": r"\leq",
+    "≥": r"\geq", "∅": r"\emptyset", "◀": r"\blacktriangleleft", "✓": r"\checkmark",
+    "⏹": "",
+}
+_PDF_UNSUPPORTED = rf"[^{PDF_SUPPORTED}]"
 _UNSUPPORTED_RUN = re.compile(rf"{_PDF_UNSUPPORTED}+(?:\s+{_PDF_UNSUPPORTED}+)*")
 
 
@@ -145,11 +174,12 @@ def latex_escape(text: str) -> str:
         "\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "#": r"\#",
         "%": r"\%", "_": r"\_", "^": r"\^{}", "~": r"\~{}", "<": r"\textless{}", ">": r"\textgreater{}",
     }
+    table.update({c: (rf"\ensuremath{{{m}}}" if m.startswith("\\") else m) for c, m in PDF_SYMBOLS.items()})
+    text = "".join(" " if c in PDF_SYMBOLS and not PDF_SYMBOLS[c] else c for c in text)
     out, pos = [], 0
-    for match in _UNSUPPORTED_RUN.finditer(text):
+    for match in _UNSUPPORTED_RUN.finditer("".join("x" if c in table else c for c in text)):
         out.append("".join(table.get(c, c) for c in text[pos:match.start()]))
-        n = sum(not c.isspace() for c in match.group())
-        out.append(rf"\textit{{[{n} character{'s' if n != 1 else ''} in another script]}}")
+        out.append(rf"\textit{{[{_another_script(match.group())}]}}")
         pos = match.end()
     out.append("".join(table.get(c, c) for c in text[pos:]))
     return "".join(out)

@@ -68,11 +68,12 @@ def mask_html(tokenizer, encoded: dict, targets=None, *, legend: bool = True, ob
             f'<span class="tok" data-target="{int(row["target"])}" data-control="{int(row["control"])}" '
             f'title="position {row["position"]}, id {row["id"]}" '
             f'style="background:{colour};border:{border};font-weight:{weight};border-radius:3px;'
-            f'padding:0 1px;margin:1px;white-space:pre">{text}</span>{br}'
+            f'padding:0 1px;margin:1px;white-space:pre">{text}</span><wbr>{br}'
         )
     body = (
-        '<div style="font-family:monospace;font-size:0.85em;line-height:1.9;border:1px solid #ddd;'
-        'padding:6px">' + "".join(spans) + "</div>"
+        # <wbr> after each span: spans with nothing between them give a browser no place to wrap
+        '<div class="sftlab-tokens" style="font-family:monospace;font-size:0.85em;line-height:1.9;'
+        'border:1px solid #ddd;padding:6px">' + "".join(spans) + "</div>"
     )
     if legend:
         body += f'<div style="font-size:0.8em;color:#555">{_html.escape(mask_legend_text(objective))}</div>'
@@ -131,7 +132,7 @@ def show_objectives(tokenizer, messages: list[dict]) -> None:
     latex = ""
     for title, targets, objective in panels:
         html += (
-            f'<div style="flex:1;min-width:280px"><div style="font-weight:600">{_html.escape(title)}</div>'
+            f'<div class="sftlab-panel" style="flex:1 1 280px;min-width:0"><div style="font-weight:600">{_html.escape(title)}</div>'
             + mask_html(tokenizer, encoded, targets, objective=objective)
             + "</div>"
         )
@@ -269,7 +270,7 @@ def token_strip(rows: list[dict], max_tokens: int | None = None) -> tuple[str, s
     """
 
     rows = rows[:max_tokens] if max_tokens else rows
-    h, t = ['<div style="line-height:2.1;font-family:monospace;font-size:0.85em">'], []
+    h, t = ['<div class="sftlab-tokens" style="line-height:2.1;font-family:monospace;font-size:0.85em">'], []
     for r in rows:
         text = r["token"]
         shown = text.replace("\n", "↵").replace(" ", "·") or "∅"
@@ -277,7 +278,7 @@ def token_strip(rows: list[dict], max_tokens: int | None = None) -> tuple[str, s
         style += "background:#ffd8a8;font-weight:bold;" if r["control"] else "background:#eef;"
         if r["learned"]:
             style += "border-bottom:3px solid #1a7f37;"
-        h.append(f'<span title="position {r["position"]}, id {r["id"]}" style="{style}">{_html.escape(shown)}</span>')
+        h.append(f'<span title="position {r["position"]}, id {r["id"]}" style="{style}">{_html.escape(shown)}</span><wbr>')
         tex_tok = latex_escape(text.replace("\n", "\\n")).replace(" ", r"\textvisiblespace{}") or r"\emph{empty}"
         tex_tok = r"\texttt{" + tex_tok + "}"
         if r["control"]:

@@ -264,7 +264,7 @@ def ifeval_sentence(results: Results) -> str:
     text = "Prompt-level accuracy, counting only what each reply wrote itself: " + "; ".join(bits) + "."
     if moved:
         text += (" Giving credit to copied prompt text would have raised " + "; ".join(moved)
-                 + ": a base model that repeats \"give it a title like <<My Title>>\" is not following it.")
+                 + ": a base model that repeats \"give it a title like `<<My Title>>`\" is not following it.")
     c = compare(results, "prompt_level", "sft", "base_chat", "ifeval")
     if c is not None and c.paired is not None:
         text += f" {c.sentence()}"

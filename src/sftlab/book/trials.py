@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .formatting import fmt_ci, fmt_diff, fmt_duration, md_code
+from .formatting import fmt_ci, fmt_diff, fmt_duration
 from .results import Results, comparison, load_results, metric_entry
 
 
@@ -69,7 +69,9 @@ def trials_table(default: Results, folder: str | Path | None = None) -> pd.DataF
     for name in trial_names(folder):
         trial = load_results(str((folder / name).resolve()), check=False)
         changes = [c for c in recipe_changes(trial.config, default.config) if not c.startswith("name:")]
-        rows.append(_row(md_code(name), trial, "; ".join(md_code(c) for c in changes) or "none"))
+        # Plain text: show_table escapes cells for HTML and Markdown alike, so a code span
+        # written here would print its backticks.
+        rows.append(_row(name, trial, "; ".join(changes) or "none"))
     if not rows:
         return pd.DataFrame()
-    return pd.DataFrame([_row(f"{md_code(default.name)} (committed)", default, "–"), *rows])
+    return pd.DataFrame([_row(f"{default.name} (committed)", default, "–"), *rows])

@@ -1,0 +1,108 @@
+"""What a rendered page would get wrong, found in the text Quarto receives (a chapter's markdown,
+a cell's `text/markdown`, `text/latex` and `text/html` outputs), since Quarto itself cannot run here:
+
+- `unsupported_characters`: characters the PDF's fonts (Latin Modern) have no glyph for, outside
+  math, where the PDF would print a blank or a replacement box;
+- `eaten_brackets`: `<<title>>`-like text that Pandoc or a browser reads as an HTML tag, so it
+  vanishes ("give it a title like <>");
+- `raw_backticks_in_tables`: a code span in a pipe table cell the table code escaped twice, which
+  prints its backticks;
+- `progress_outputs`: progress bars (a widget is blank offline; a bar is not content).
+
+Each returns a list of readable problems (empty: nothing found); tests run them on every chapter.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .formatting import PDF_SUPPORTED
+
+_FENCED = re.compile(r"^(`{3,}|~{3,}).*?^\1[ \t]*$", re.M | re.S)
+_MATH = re.compile(r"\$\$.*?\$\$|(?<![\\$])\$[^$\n]+?\$", re.S)
+_LATEX_MATH = re.compile(r"\\ensuremath\{[^{}]*\}|\\\(.*?\\\)|\\\[.*?\\\]", re.S)
+_UNSUPPORTED = re.compile(rf"[^{PDF_SUPPORTED}]")
+_BRACKETS = re.compile(r"(?<!\\)<<|(?<!\\)>>")
+_TABLE_ROW = re.compile(r"^\|.*\|\s*$", re.M)
+_WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+_PROGRESS = re.compile(r"\d+%\|[^|\n]*\|\s*\d+/\d+|\bit/s\]|Loading weights")
+
+
+def _context(text: str, at: int, width: int = 30) -> str:
+    return text[max(0, at - width): at + width].replace("\n", " ")
+
+
+def unsupported_characters(text: str, *, latex: bool = False) -> list[str]:
+    """Characters outside the PDF fonts' coverage, outside math (`$...$` in Markdown; in LaTeX,
+    `\\ensuremath{...}` and `\\(...\\)`), each with some context."""
+    masked = (_LATEX_MATH if latex else _MATH).sub(lambda m: " " * len(m.group()), text)
+    return [f"{m.group()!r} (U+{ord(m.group()):04X}) in ...{_context(text, m.start())}..."
+            for m in _UNSUPPORTED.finditer(masked)]
+
+
+def _prose(markdown: str) -> str:
+    """Markdown without fenced code blocks and code spans (their text is shown as it is)."""
+    text = _FENCED.sub(lambda m: " " * len(m.group()), markdown)
+    return re.sub(r"(`+)[^`]*?\1", lambda m: " " * len(m.group()), text)
+
+
+def eaten_brackets(markdown: str) -> list[str]:
+    """Unescaped `<<` or `>>` in Markdown prose (outside code), which renders as a tag."""
+    text = _prose(markdown)
+    return [f"unescaped {m.group()!r} in ...{_context(markdown, m.start())}..." for m in _BRACKETS.finditer(text)]
+
+
+def eaten_brackets_html(html: str) -> list[str]:
+    """`<<` or `>>` left raw in HTML output (it should be `&lt;&lt;`)."""
+    text = re.sub(r"<(script|style)\b.*?</\1>", "", html, flags=re.S | re.I)  # code, not text
+    return [f"raw {m.group()!r} in HTML ...{_context(text, m.start())}..." for m in re.finditer(r"<<|>>", text)]
+
+
+def raw_backticks_in_tables(markdown: str) -> list[str]:
+    """Pipe table rows whose cells show escaped backticks (a code span escaped as text)."""
+    return [f"escaped backticks in table row {row.group()[:80]!r}" for row in _TABLE_ROW.finditer(markdown)
+            if "\\`" in row.group()]
+
+
+def progress_outputs(outputs: list[dict]) -> list[str]:
+    """Cell outputs that are progress bars: a widget, or a stream or text with a bar in it."""
+    found = []
+    for output in outputs:
+        data = output.get("data") or {}
+        if _WIDGET_MIME in data:
+            found.append("a widget output (blank offline)")
+        text = output.get("text") or data.get("text/plain") or ""
+        text = "".join(text) if isinstance(text, list) else text
+        if _PROGRESS.search(text):
+            found.append(f"a progress bar: {text.strip()[:60]!r}")
+    return found
+
+
+def output_faults(nb) -> list[str]:
+    """Every problem of an executed notebook's outputs (see the module docstring), named by cell."""
+    problems = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        outputs = cell.get("outputs", [])
+        found = progress_outputs(outputs)
+        for output in outputs:
+            data = output.get("data") or {}
+            markdown, latex, html = data.get("text/markdown"), data.get("text/latex"), data.get("text/html")
+            if markdown:
+                found += unsupported_characters(markdown) + eaten_brackets(markdown) + raw_backticks_in_tables(markdown)
+            if latex:
+                found += unsupported_characters(latex, latex=True)
+            if html and not markdown and not latex and not any(k.startswith("image/") for k in data):
+                found.append("HTML-only output: the PDF has nothing to show for it")
+            if html:
+                found += eaten_brackets_html(html if isinstance(html, str) else "".join(html))
+        label = re.search(r"^#\|\s*label:\s*(\S+)", cell.source, re.M)
+        problems += [f"cell {index} ({label.group(1) if label else 'no label'}): {p}" for p in found]
+    return problems
+
+
+def markdown_faults(markdown: str) -> list[str]:
+    """Every problem of a chapter's own Markdown (its prose, code cells excluded by the caller)."""
+    text = _FENCED.sub("", markdown)
+    return unsupported_characters(text) + eaten_brackets(markdown)

@@ -1,0 +1,77 @@
+"""The checks that stand in for looking at a rendered page (sftlab.book.checks), and the book's
+chapters held to them: their prose here, their executed outputs in tests/test_quarto.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from sftlab.book.checks import (
+    eaten_brackets,
+    eaten_brackets_html,
+    markdown_faults,
+    output_faults,
+    progress_outputs,
+    raw_backticks_in_tables,
+    unsupported_characters,
+)
+from sftlab.book.formatting import latex_escape, md_escape
+from sftlab.notebooks import cell_options, chapter_files
+from sftlab.notebooks.quarto import quarto_notebook
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_characters_without_a_pdf_glyph_are_found_outside_math_only():
+    assert unsupported_characters("plain – “quoted” café, ×2") == []
+    found = unsupported_characters("ΔW = (α/r)·B·A")
+    assert [f.split(" ")[0] for f in found] == ["'Δ'", "'α'"] and "U+03B1" in found[1]
+    assert unsupported_characters(r"$\Delta W = \frac{\alpha}{r}$ and $$α$$") == []
+    assert unsupported_characters(r"\ensuremath{\alpha} ok", latex=True) == []
+    assert len(unsupported_characters("天气 ↵", latex=True)) == 3
+
+
+def test_the_escapes_the_book_uses_leave_nothing_unsupported():
+    text = "a reply\nwith → arrows, α, 天气 and −1"
+    assert unsupported_characters(md_escape(text)) == []
+    assert unsupported_characters(latex_escape(text), latex=True) == []
+    assert "in another script" in latex_escape(text)  # a visible placeholder, not a blank
+
+
+def test_double_angle_brackets_are_found_unless_escaped_or_code():
+    assert eaten_brackets('give it a title like <<My Title>>') != []
+    assert eaten_brackets(r'like \<\<My Title\>\> or `<<code>>`') == []
+    assert eaten_brackets("```\n<<in a fence>>\n```\n") == []
+    assert eaten_brackets_html("like &lt;&lt;title&gt;&gt;<script>x = a >> 2</script>") == []
+    assert eaten_brackets_html("like <<title>>") != []
+
+
+def test_escaped_backticks_in_a_table_row_are_found():
+    assert raw_backticks_in_tables("| name |\n|:---|\n| \\`default\\` |") != []
+    assert raw_backticks_in_tables("| name |\n|:---|\n| `default` |") == []
+
+
+def test_progress_bars_and_widgets_are_found():
+    bar = {"output_type": "stream", "name": "stderr", "text": "Loading weights:   0%|          | 0/236 [00:00<?, ?it/s]"}
+    widget = {"output_type": "display_data", "data": {"application/vnd.jupyter.widget-view+json": {}, "text/plain": "x"}}
+    assert len(progress_outputs([bar])) == 1 and len(progress_outputs([widget])) == 1
+    assert progress_outputs([{"output_type": "stream", "name": "stdout", "text": "done in 3 s"}]) == []
+
+
+def test_output_faults_name_the_cell():
+    cell = nbformat.v4.new_code_cell("#| label: tbl-x\nshow()")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={"text/html": "<p>only html</p>", "text/plain": "x"}),
+                    nbformat.v4.new_output("display_data", data={"text/markdown": "α", "text/plain": "α"})]
+    problems = output_faults(nbformat.v4.new_notebook(cells=[cell]))
+    assert len(problems) == 2 and all(p.startswith("cell 0 (tbl-x): ") for p in problems)
+
+
+@pytest.mark.parametrize("chapter", chapter_files(ROOT), ids=lambda p: p.stem)
+def test_every_chapters_prose_and_captions_print_in_the_pdf(chapter):
+    cells = quarto_notebook(chapter).cells
+    prose = [c.source for c in cells if c.cell_type == "markdown"]
+    captions = [str(cell_options(c.source).get(key)) for c in cells if c.cell_type == "code"
+                for key in ("fig-cap", "tbl-cap") if cell_options(c.source).get(key)]
+    assert markdown_faults("\n\n".join(prose + captions)) == []
