@@ -20,7 +20,8 @@ def _recipe(tmp_path, tiny_model_dir, **data):
         f.write(json.dumps({"id": "bad", "messages": [{"role": "user", "content": "only a question"}]}) + "\n")
     recipe = {"model": {"base": str(tiny_model_dir)},
               "data": {"source": str(convs), "english_only": False, "min_tokens": None, "max_tokens": None,
-                       "train_size": 8, "eval_size": 2, **data}}
+                       "train_size": 8, "eval_size": 2, **data},
+              "training": {"bf16": False}}  # the whole recipe is checked, training too (TRL's bf16 default needs a GPU)
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -62,3 +63,47 @@ def test_help_of_the_command_and_of_every_subcommand_prints(capsys):
         assert stop.value.code == 0, argv
     out = capsys.readouterr().out
     assert "95% interval" in out and "usage: sftlab compare" in out
+
+
+def _no_model_loads(monkeypatch):
+    import sftlab.sources
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the recipe was checked")
+
+    monkeypatch.setattr(sftlab.sources, "load_model", refuse)
+    monkeypatch.setattr(sftlab.sources, "load_tokenizer", refuse)
+
+
+def test_run_of_a_recipe_with_only_a_name_lists_every_missing_key_and_creates_nothing(tmp_path, capsys, monkeypatch):
+    _no_model_loads(monkeypatch)
+    path = tmp_path / "only-name.yaml"
+    path.write_text("name: x\n")
+    results = tmp_path / "results"
+    assert main(["run", str(path), "--results", str(results), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: model.base: required, missing" in err and f"{path}: data.source: required, missing" in err
+    assert err.startswith("sftlab: error: ") and "Traceback" not in err and "--resume" not in err
+    assert not results.exists()  # no results/.work-x/, not even the results folder
+
+
+def test_run_of_a_recipe_with_only_a_model_fails_before_loading_it(tmp_path, capsys, monkeypatch):
+    _no_model_loads(monkeypatch)
+    path = tmp_path / "only-model.yaml"
+    path.write_text("model: {base: offline:gemma-3-270m}\n")
+    results = tmp_path / "results"
+    assert main(["run", str(path), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert "data.source: required, missing" in err and "model.base" not in err and "Traceback" not in err
+    assert not results.exists()
+
+
+def test_data_command_checks_the_whole_recipe_before_loading_anything(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    _no_model_loads(monkeypatch)
+    path = _recipe(tmp_path, tiny_model_dir, eval_size=0)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["lora"] = {"r": 0}
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["data", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: data.eval_size: expected a whole number >= 1" in err and f"{path}: lora.r: expected" in err

@@ -37,8 +37,9 @@ def test_budget_applies_to_every_variant_and_variants_win(tiny_recipe, tmp_path)
 
 
 @pytest.mark.parametrize("variants, message", [
-    ({"control": {}, "typo": {"lora": {"lora_alph": 8}}}, r"variant typo: unknown config key 'lora.lora_alph'.*'lora_alpha'"),
-    ({"control": {}, "typo": {"traning": {"learning_rate": 1e-4}}}, r"variant typo: unknown config key 'traning'"),
+    ({"control": {}, "typo": {"lora": {"lora_alph": 8}}}, r"variant typo: lora.lora_alph: unknown key; did you mean 'lora_alpha'"),
+    ({"control": {}, "typo": {"traning": {"learning_rate": 1e-4}}}, r"variant typo: traning: unknown key; did you mean 'training'"),
+    ({"control": {}, "rank-0": {"lora": {"r": 0}}}, r"variant rank-0: lora.r: expected a whole number >= 1, got 0"),
     ({"rank-4": {"lora": {"r": 4}}}, "needs a 'control' entry"),
     ({"control": {}, "bad/name": {}}, "must be letters, digits"),
 ])
@@ -46,6 +47,19 @@ def test_a_bad_variant_is_refused_by_name_before_anything_trains(tiny_recipe, tm
     path = _sweep(tmp_path, tiny_recipe, variants)
     with pytest.raises(ConfigError, match=message):
         run_sweep(path, progress=False)
+    assert not (tmp_path / "ablations").exists()
+
+
+def test_the_problems_of_every_variant_come_together_shared_ones_once(tiny_recipe, tmp_path):
+    path = _sweep(tmp_path, tiny_recipe, {"control": {}, "rank-0": {"lora": {"r": 0}},
+                                          "slow": {"training": {"learning_rate": "1e-4"}}},
+                  budget={"evaluation": {"systems": ["sft", "chatgpt"]}})
+    with pytest.raises(ConfigError) as err:
+        run_sweep(path, progress=False)
+    assert [(p.where, p.key) for p in err.value.problems] == [
+        (f"sweep.yaml: every variant ({tiny_recipe} with the budget)", "evaluation.systems"),
+        ("sweep.yaml: variant rank-0", "lora.r"), ("sweep.yaml: variant slow", "training.learning_rate")]
+    assert str(err.value).startswith("3 problems:\n  sweep.yaml: every variant")
     assert not (tmp_path / "ablations").exists()
 
 

@@ -5,20 +5,32 @@ field names as they are, so a reader who knows those libraries already knows the
 file (the alignment-handbook convention). Our own keys are documented once, below.
 A misspelt key is an error that names it and suggests the closest valid one:
 a silently ignored `learning_rte` would waste a 45-minute run.
+
+`validate` checks a whole recipe before any model, data or work folder is touched, and
+reports every problem at once (a ConfigError whose lines each name the file, the key path
+and what is expected): unknown keys, required keys (`RULES`: `model.base`, `data.source`),
+the type and range of every key sftlab defines (`RULES`, one line per key; a key documented
+below without a rule takes any value), the `lora` and `training` keys against the type hints
+of `peft.LoraConfig` and `trl.SFTConfig`, which are then built once as a dry run, as training
+builds them (`sftlab.train.build_lora_config`, `build_sft_config`), so that their own errors
+surface at once. It never changes the recipe (nor its `config_hash`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
+import re
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, Problem
+from .schema import Key, check_section, dataclass_keys, either, flag, list_of, mapping, number, one_of, text, whole
 
 TOP_KEYS = {
     "name": "run name; results go to results/<name>/ (default: the file's stem)",
@@ -81,45 +93,229 @@ def _data_keys() -> dict:
     return DATA_KEYS
 
 
-def _lora_keys() -> set[str]:
+def _instruction_keys() -> dict:
+    from .data.prepare import INSTRUCTION_KEYS
+
+    return INSTRUCTION_KEYS
+
+
+def _instruction_types() -> tuple[str, ...]:
+    from .data.instructions import TYPE_NAMES
+
+    return TYPE_NAMES
+
+
+def _templates() -> list[str]:
+    from .chat import TEMPLATES
+
+    return sorted(TEMPLATES)
+
+
+def _lora_class():
     from peft import LoraConfig
 
-    return {f.name for f in dataclasses.fields(LoraConfig)}
+    return LoraConfig
+
+
+def _sft_class():
+    from trl import SFTConfig
+
+    return SFTConfig
+
+
+def _lora_keys() -> set[str]:
+    return {f.name for f in dataclasses.fields(_lora_class())}
 
 
 def _training_keys() -> set[str]:
-    from trl import SFTConfig
-
-    return {f.name for f in dataclasses.fields(SFTConfig)} | set(TRAINING_KEYS)
+    return {f.name for f in dataclasses.fields(_sft_class())} | set(TRAINING_KEYS)
 
 
-def _check_keys(section: str, given: dict, allowed) -> None:
-    if not isinstance(given, dict):
-        raise ConfigError(f"section '{section}' must be a mapping, got {type(given).__name__}")
-    for key in given:
-        if key not in allowed:
-            where = f"{section}.{key}" if section else key
-            close = difflib.get_close_matches(str(key), list(allowed), n=1, cutoff=0.6)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(allowed))}"
-            raise ConfigError(f"unknown config key '{where}'{hint}")
+def _data_source(value: Any) -> bool:
+    from .data.readers import OFFLINE_SOURCES
+
+    if not isinstance(value, str):
+        return False
+    if value in OFFLINE_SOURCES or (value.startswith("hub:") and len(value) > 4):
+        return True
+    path = value[6:] if value.startswith("jsonl:") else value if value.endswith(".jsonl") else None
+    return path is not None and Path(path).is_file()
 
 
-def validate(config: dict) -> dict:
-    """Check every key of every section; return the config unchanged."""
-    _check_keys("", config, TOP_KEYS)
-    for section, allowed in (
-        ("model", MODEL_KEYS),
-        ("data", _data_keys()),
-        ("evaluation", EVAL_KEYS),
-        ("lora", _lora_keys()),
-        ("training", _training_keys()),
-    ):
-        if section in config and config[section] is not None:
-            _check_keys(section, config[section], allowed)
-    if "model" in config and "base" not in (config["model"] or {}):
-        raise ConfigError("config key 'model.base' is required (e.g. offline:gemma-3-270m)")
-    if "data" in config and "source" not in (config["data"] or {}):
-        raise ConfigError("config key 'data.source' is required (e.g. sharegpt)")
+_NAME = re.compile(r"[^./\\\s]([^/\\]*[^/\\\s])?")  # results/NAME/ and results/.work-NAME/
+_TOKENS = list_of(either(text(), whole(0)), what="a list of token names or ids")
+
+# What each key sftlab defines takes, by key path (the docs are in the *_KEYS tables above and in
+# sftlab.data); `lora` and `training` keys without a line here are checked against the
+# library's own type hints. A new key needs a line here, or it takes any value.
+RULES: dict[str, Key] = {
+    "name": Key("a folder name (text without '/', not starting with '.')",
+                lambda v: isinstance(v, str) and bool(_NAME.fullmatch(v))),
+    "seed": whole(0, 2**32 - 1),
+    # Sections: null is an empty section; `model` and `data` are required through their required keys.
+    "model": mapping(null=True),
+    "data": mapping(null=True),
+    "lora": mapping(null=True),
+    "training": mapping(null=True),
+    "evaluation": mapping(null=True),
+    "model.base": text(required=True, example="offline:gemma-3-270m"),
+    "model.reference": text(null=True),
+    "model.template": one_of(_templates),
+    "model.reference_template": one_of(_templates),
+    "model.dtype": one_of("float32", "bfloat16", "float16", "auto"),
+    "model.allow_new_tokens": flag(),
+    # data: null is the default (sftlab.data.DATA_DEFAULTS), for every key but `source`
+    "data.source": Key("sharegpt, chitchat, hub:ORG/NAME or an existing .jsonl file (or jsonl:PATH)",
+                       _data_source, required=True, example="sharegpt"),
+    "data.split": text(null=True),
+    "data.limit": whole(0, null=True),
+    "data.english_only": flag(null=True),
+    "data.min_tokens": whole(0, null=True),
+    "data.max_tokens": whole(1, null=True),
+    "data.min_turns": whole(0, null=True),
+    "data.max_turns": whole(1, null=True),
+    "data.strict_english": flag(null=True),
+    "data.min_prompt_words": whole(0, null=True),
+    "data.drop_context_prompts": flag(null=True),
+    "data.dedupe": flag(null=True),
+    "data.instructions": mapping("a mapping such as {share: 0.3}", null=True),
+    "data.loss_on": one_of("replies", "all", null=True),
+    "data.train_size": whole(0, null=True),
+    "data.eval_size": whole(1, null=True),
+    "data.instructions.share": number(0, 1, required=True, example="0.3"),
+    "data.instructions.seed": whole(0, 2**32 - 1),
+    "data.instructions.types": list_of(one_of(_instruction_types), nonempty=True, null=True),
+    "data.instructions.binding_limits": flag(),
+    "data.instructions.more_phrasings": flag(),
+    "data.instructions.extra": whole(0, null=True),
+    "evaluation.systems": list_of(one_of(*EVAL_DEFAULTS["systems"])),
+    "evaluation.heldout_size": whole(1),
+    "evaluation.ifeval": flag(),
+    "evaluation.multiturn": flag(),
+    "evaluation.max_new_tokens": whole(1),
+    "evaluation.batch_size": whole(1),
+    "evaluation.embedding_similarity": flag(),
+    "evaluation.bootstrap_resamples": whole(1),
+    "evaluation.loss_batches": whole(1, null=True),
+    "evaluation.plain_text": whole(0, null=True),
+    # sftlab's own training keys and values, and ranges for the library keys every recipe sets
+    "training.loss_chunk_size": whole(1, null=True),
+    "training.bf16": one_of(True, False, "auto"),
+    "training.assistant_only_loss": Key("false (sftlab's encoder supplies the assistant masks; TRL's option "
+                                        "re-renders the template from text, which is not injection-safe)",
+                                        lambda v: v is False),
+    "training.learning_rate": number(0, lo_open=True),
+    "training.num_train_epochs": number(0, lo_open=True),
+    "training.per_device_train_batch_size": whole(1),
+    "training.per_device_eval_batch_size": whole(1),
+    "training.gradient_accumulation_steps": whole(1),
+    "training.max_length": whole(1, null=True),
+    "lora.r": whole(1),
+    "lora.lora_alpha": number(0, lo_open=True),
+    "lora.lora_dropout": number(0, 1, hi_open=True),
+    # names ("<end_of_turn>") as well as ids: sftlab.train.resolve_token_indices
+    "lora.trainable_token_indices": either(_TOKENS, mapping("a mapping of module name to such a list"), null=True),
+}
+
+
+def _sections() -> dict[str, tuple[Any, Any]]:
+    """Section path -> (its valid keys, the fallback check for keys without a rule)."""
+    lora_hints, sft_hints = dataclass_keys(_lora_class()), dataclass_keys(_sft_class())
+    return {"": (TOP_KEYS, None), "model": (MODEL_KEYS, None), "data": (_data_keys(), None),
+            "data.instructions": (_instruction_keys(), None), "evaluation": (EVAL_KEYS, None),
+            "lora": (_lora_keys(), lora_hints.get), "training": (_training_keys(), sft_hints.get)}
+
+
+def _at(config: dict, path: str) -> Any:
+    value = config
+    for part in path.split(".") if path else []:
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _across_keys(config: dict, where: str) -> list[Problem]:
+    """Problems no single key shows: bounds that contradict each other, a key another one needs."""
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    problems = []
+    for low, high in (("min_tokens", "max_tokens"), ("min_turns", "max_turns")):
+        a, b = data.get(low), data.get(high)
+        if isinstance(a, int) and isinstance(b, int) and a > b:
+            problems.append(Problem(where, f"data.{low}", f"{a} is above data.{high} ({b}): no conversation passes"))
+    extra = (data.get("instructions") or {}).get("extra") if isinstance(data.get("instructions"), dict) else None
+    if extra and data.get("max_tokens") is None:
+        problems.append(Problem(where, "data.instructions.extra", "needs data.max_tokens: its examples come from "
+                                "the conversations longer than that, cut down to fit it"))
+    return problems
+
+
+def _refused(where: str, section_name: str, library: str, exc: Exception, given: dict, fields) -> Problem:
+    """A library constructor's error as a Problem naming the key its message mentions."""
+    message = " ".join(str(exc).split())[:400] or type(exc).__name__
+    named = sorted((m.start(), k) for k in {*given, *fields}
+                   if (m := re.search(rf"(?<![A-Za-z0-9_]){re.escape(str(k))}(?![A-Za-z0-9_])", message)))
+    key = next((k for _, k in named if k in given), named[0][1] if named else "")
+    path = f"{section_name}.{key}" if key else section_name
+    if key == "bf16" and "bf16" not in given:  # TRL's default, not the recipe's choice: say what to write
+        return Problem(where, path, "not set, so trl.SFTConfig turns bf16 on, which this machine cannot run: set "
+                                    f"it to auto (bf16 where the hardware has it) or false ({library}: {message})")
+    return Problem(where, path, f"{library} refused it: {message}")
+
+
+def _build_once(config: dict, where: str, sections: set[str]) -> list[Problem]:
+    """Build `peft.LoraConfig` and `trl.SFTConfig` from `sections` of the recipe as training builds
+    them (no model, no tokenizer: token names stand for id 0); their errors become Problems."""
+    from .train import build_lora_config, build_sft_config
+
+    problems = []
+    seed = config.get("seed", 0) if isinstance(config.get("seed", 0), int) else 0
+    with warnings.catch_warnings():  # deprecation notices: the run itself shows them once
+        warnings.simplefilter("ignore")
+        if "lora" in sections:
+            lora = dict(config.get("lora") or {})
+            try:
+                build_lora_config(lora, None, None)
+            except Exception as exc:  # every refusal is reported as the recipe's problem, naming the key
+                problems.append(_refused(where, "lora", "peft.LoraConfig", exc, lora, _lora_keys()))
+        if "training" in sections:
+            training = dict(config.get("training") or {})
+            with tempfile.TemporaryDirectory(prefix="sftlab-check-") as tmp:
+                try:
+                    build_sft_config(training, Path(tmp) / "checkpoints", seed)
+                except Exception as exc:  # as above: the library's own message, under the key it names
+                    problems.append(_refused(where, "training", "trl.SFTConfig", exc, training, _training_keys()))
+    return problems
+
+
+def recipe_problems(config: Any, where: str = "", *, required: bool = True, dry_run: bool = True) -> list[Problem]:
+    """Every problem of a recipe, in the order of its sections (see the module docstring); [] when
+    it can run. `required=False` skips the required keys (a finished run's recipe read back by
+    `sftlab rescore`), `dry_run=False` the library constructors."""
+    if not isinstance(config, dict):
+        return [Problem(where, "", f"must hold a mapping of sections, got {type(config).__name__}")]
+    problems = []
+    clean = set()
+    for path, (allowed, fallback) in _sections().items():
+        value = _at(config, path)
+        if path and value is not None and not isinstance(value, dict):
+            continue  # the section's own rule, checked with its parent, says it must be a mapping
+        if path and "." in path and value is None:
+            continue  # an optional sub-section (data.instructions) that is not there
+        found = check_section(where, path, value, allowed, RULES, fallback, required_too=required)
+        problems += found
+        if not found:
+            clean.add(path)
+    problems += _across_keys(config, where)
+    if dry_run:
+        problems += _build_once(config, where, {s for s in ("lora", "training") if s in clean})
+    return problems
+
+
+def validate(config: dict, where: str = "") -> dict:
+    """Check the whole recipe (see `recipe_problems`); return it unchanged, or raise one ConfigError
+    listing every problem, each line naming `where` (the file), the key path and what is expected."""
+    problems = recipe_problems(config, where)
+    if problems:
+        raise ConfigError(problems=problems)
     return config
 
 
@@ -142,7 +338,40 @@ def load_config(path: str | Path) -> dict:
     path = Path(path)
     config = read_yaml_mapping(path)
     config.setdefault("name", path.stem)
-    return validate(config)
+    return validate(config, str(path))
+
+
+def read_run_recipe(folder: str | Path, sections: tuple[str, ...], *, required: bool = True) -> dict:
+    """A finished run's config.yaml, checked for what a command that reads it back uses: problems
+    in `sections` (top-level keys: "model", "seed", ...) raise one ConfigError naming the file
+    and key; the other sections do not matter to that command. No dry run."""
+    path = Path(folder) / "config.yaml"
+    config = read_yaml_mapping(path, "run recipe")
+    problems = [p for p in recipe_problems(config, str(path), required=required, dry_run=False)
+                if p.key.split(".")[0] in sections]
+    if problems:
+        raise ConfigError(problems=problems)
+    return config
+
+
+def read_json(path: str | Path, what: str = "", *, kind: type = dict) -> Any:
+    """A JSON file that must hold a `kind` (a mapping unless told); a ConfigError names the file
+    when it is missing, empty or not valid JSON. `what` says what the file is for."""
+    path = Path(path)
+    about = f" ({what})" if what else ""
+    if not path.is_file():
+        raise ConfigError(f"{path}: file missing{about}")
+    raw = path.read_text(encoding="utf-8", errors="replace")
+    if not raw.strip():
+        raise ConfigError(f"{path}: file is empty{about}")
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}){about}") from None
+    if not isinstance(data, kind):
+        raise ConfigError(f"{path}: expected a JSON {'object' if kind is dict else kind.__name__}, "
+                          f"got {type(data).__name__}{about}")
+    return data
 
 
 def config_hash(config: dict) -> str:

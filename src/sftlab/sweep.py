@@ -16,8 +16,9 @@ keys:
       no-eot-row: {lora: {trainable_token_indices: null}}
 
 Overrides replace keys inside a section (`lora: {r: 4}` keeps the other `lora` keys); a key
-set to null falls back to the library default. Every variant's recipe is checked like a
-recipe (`sftlab.config.validate`) before anything trains, and an error names the variant.
+set to null is null (for a `data` key: its default). Every variant's recipe is checked like a
+recipe (`sftlab.config.validate`) before anything trains, and the problems of all variants are
+reported together, each naming its variant and key.
 Each variant runs with `sftlab.experiment.run_experiment` into RESULTS/VARIANT/, its merged
 recipe written beside it as RESULTS/recipes/VARIANT.yaml. A finished variant whose recipe is
 unchanged is skipped and an interrupted one resumes from its checkpoint, so a killed sweep
@@ -35,8 +36,8 @@ from pathlib import Path
 
 import yaml
 
-from .config import config_hash, read_yaml_mapping, validate
-from .errors import ConfigError
+from .config import config_hash, read_json, read_yaml_mapping, recipe_problems
+from .errors import ConfigError, Problem
 
 SWEEP_KEYS = {
     "control": "the control recipe, a path relative to the sweep file",
@@ -92,16 +93,17 @@ def load_sweep(path: str | Path) -> dict:
         raise ConfigError(f"{path}: control recipe {spec['control']} not found (looked at {control_path})")
     control = read_yaml_mapping(control_path, "control recipe")
     base = merge(control, spec.get("budget") or {}, where=f"{path.name}: budget")
-    recipes = {}
+    recipes, problems = {}, {}
     for name, overrides in variants.items():
         if not str(name).replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"{path}: variant name {name!r} must be letters, digits, '-' or '_' (a folder name)")
-        recipe = merge(base, overrides or {}, where=f"{path.name}: variant {name}")
+        where = f"{path.name}: variant {name}"
+        recipe = merge(base, overrides or {}, where=where)
         recipe["name"] = str(name)
-        try:
-            recipes[str(name)] = validate(recipe)
-        except ConfigError as exc:
-            raise ConfigError(f"{path.name}: variant {name}: {exc}") from exc
+        problems[str(name)] = recipe_problems(recipe, where)
+        recipes[str(name)] = recipe
+    if any(problems.values()):
+        raise ConfigError(problems=_sweep_problems(path, spec["control"], problems))
     descriptions = {str(k): str(v) for k, v in (spec.get("descriptions") or {}).items()}
     missing = sorted(set(descriptions) - set(recipes))
     if missing:
@@ -111,6 +113,16 @@ def load_sweep(path: str | Path) -> dict:
             "descriptions": descriptions}
 
 
+def _sweep_problems(path: Path, control: str, by_variant: dict[str, list[Problem]]) -> list[Problem]:
+    """Every variant's problems, those that all variants share (from the control or the budget) once."""
+    shared = set.intersection(*({(p.key, p.message) for p in found} for found in by_variant.values()))
+    first = next(iter(by_variant.values()))
+    out = [Problem(f"{path.name}: every variant ({control} with the budget)", p.key, p.message)
+           for p in first if (p.key, p.message) in shared] if len(by_variant) > 1 else []
+    return out + [p for found in by_variant.values() for p in found if len(by_variant) == 1
+                  or (p.key, p.message) not in shared]
+
+
 def variant_state(results: Path, name: str, recipe: dict) -> str:
     """"done" (a finished run of this recipe), "interrupted" (a work folder to resume) or "new".
 
@@ -118,7 +130,7 @@ def variant_state(results: Path, name: str, recipe: dict) -> str:
     it did not make from the current file."""
     done = results / name / "run.json"
     if done.is_file():
-        made_by = json.loads(done.read_text()).get("config_hash")
+        made_by = read_json(done, "the finished variant's run record").get("config_hash")
         if made_by != config_hash(recipe):
             raise ConfigError(f"{results / name} was made by a different recipe than variant {name} now is; "
                               f"delete that folder to run the variant again")

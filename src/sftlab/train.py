@@ -52,15 +52,19 @@ def encode_dataset(conversations, tokenizer, *, max_length: int | None, progress
 
 
 def resolve_token_indices(value, tokenizer):
-    """Allow `trainable_token_indices` to name tokens ("<end_of_turn>") as well as ids."""
+    """Allow `trainable_token_indices` to name tokens ("<end_of_turn>") as well as ids.
+
+    With no tokenizer (`sftlab.config.validate`'s dry run, before any model loads) a name stands for id 0."""
     if value is None:
         return None
     if isinstance(value, dict):
         return {k: resolve_token_indices(v, tokenizer) for k, v in value.items()}
     ids = []
-    vocab = tokenizer.get_vocab()
+    vocab = tokenizer.get_vocab() if tokenizer is not None else None
     for item in value:
-        if isinstance(item, str):
+        if isinstance(item, str) and vocab is None:
+            ids.append(0)
+        elif isinstance(item, str):
             if item not in vocab:
                 raise ConfigError(f"lora.trainable_token_indices names {item!r}, which is not in the vocabulary")
             ids.append(vocab[item])
@@ -69,14 +73,16 @@ def resolve_token_indices(value, tokenizer):
     return ids
 
 
-def build_lora_config(lora_cfg: dict, tokenizer, fmt: ChatFormat):
-    """`peft.LoraConfig` from the recipe; new template tokens always get trainable embeddings."""
+def build_lora_config(lora_cfg: dict, tokenizer, fmt: ChatFormat | None):
+    """`peft.LoraConfig` from the recipe; new template tokens always get trainable embeddings.
+
+    `tokenizer` and `fmt` None: the recipe check's dry run (see `resolve_token_indices`)."""
     from peft import LoraConfig
 
     cfg = dict(lora_cfg)
     cfg.setdefault("task_type", "CAUSAL_LM")
     indices = resolve_token_indices(cfg.pop("trainable_token_indices", None), tokenizer)
-    if fmt.new_token_ids:
+    if fmt is not None and fmt.new_token_ids:
         # Added tokens start with random embeddings: they must train, or the model can never emit them.
         if isinstance(indices, dict):
             raise ConfigError("new template tokens need trainable_token_indices as a list, not a dict")
