@@ -13,6 +13,7 @@ from sftlab.book.checks import (
     eaten_brackets_html,
     markdown_faults,
     output_faults,
+    png_width,
     progress_outputs,
     raw_backticks_in_tables,
     unsupported_characters,
@@ -75,3 +76,19 @@ def test_every_chapters_prose_and_captions_print_in_the_pdf(chapter):
     captions = [str(cell_options(c.source).get(key)) for c in cells if c.cell_type == "code"
                 for key in ("fig-cap", "tbl-cap") if cell_options(c.source).get(key)]
     assert markdown_faults("\n\n".join(prose + captions)) == []
+
+
+def test_a_chart_wider_than_the_column_is_found():
+    import altair as alt
+    import pandas as pd
+
+    from sftlab.book.display import PNG_SCALE, chart_png
+
+    frame = pd.DataFrame({"x": [1, 2], "y": [3, 4]})
+    for width, too_wide in ((300, False), (900, True)):
+        png = chart_png(alt.Chart(frame).mark_point().encode(x="x", y="y").properties(width=width))
+        cell = nbformat.v4.new_code_cell("show_chart(c)")
+        stored = __import__("base64").b64encode(png).decode()  # a notebook stores PNGs as base64 text
+        cell.outputs = [nbformat.v4.new_output("display_data", data={"image/png": stored, "text/plain": "c"})]
+        assert png_width(png) / PNG_SCALE > width
+        assert bool(output_faults(nbformat.v4.new_notebook(cells=[cell]))) is too_wide

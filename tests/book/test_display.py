@@ -74,7 +74,7 @@ def test_charts_draw_offline_with_the_libraries_once_per_page(monkeypatch):
     assert "window.vegaEmbed" in D.chart_bundle(chart)["text/html"]
 
 
-def test_a_long_table_is_cut_in_the_pdf_only(monkeypatch):
+def test_a_long_table_is_cut_in_the_pdf_and_kept_whole_in_the_html(monkeypatch):
     import IPython.display
     import pandas as pd
 
@@ -84,7 +84,7 @@ def test_a_long_table_is_cut_in_the_pdf_only(monkeypatch):
     monkeypatch.setattr(IPython.display, "display", lambda bundle, raw=False: shown.append(bundle))
     show_table(pd.DataFrame({"n": range(50)}), index=False, pdf_max_rows=10)
     bundle = shown[0]
-    assert bundle["text/html"].count("<td>") == 50  # every row
+    assert bundle["text/html"].split("<details>")[1].count("<td>") == 50  # every row, one click away
     assert bundle["text/markdown"].count("\n| ") == 10 and "40 more rows" in bundle["text/markdown"]  # 10 rows
 
 
@@ -124,3 +124,18 @@ def test_under_quarto_every_chart_page_loads_one_shared_copy_of_the_libraries(mo
     # the site gets the file: _quarto.yml copies it into _book/
     root = __import__("pathlib").Path(__file__).resolve().parents[2]
     assert D.VEGA_FILE in yaml.safe_load((root / "_quarto.yml").read_text())["project"]["resources"]
+
+
+def test_a_long_table_is_collapsed_in_html_beyond_its_first_rows(monkeypatch):
+    import IPython.display
+    import pandas as pd
+
+    from sftlab.book.display import show_table
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda bundle, raw=False: shown.append(bundle))
+    show_table(pd.DataFrame({"token": [f"t{i}" for i in range(227)]}), pdf_max_rows=30)
+    html = shown[0]["text/html"]
+    visible, collapsed = html.split("<details>", 1)
+    # header row + 30 rows shown; the collapsed block has the header + all 227
+    assert visible.count("<tr") == 31 and "Show all 227 rows" in collapsed and collapsed.count("<tr") == 228

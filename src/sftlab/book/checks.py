@@ -7,7 +7,9 @@ a cell's `text/markdown`, `text/latex` and `text/html` outputs), since Quarto it
   vanishes ("give it a title like <>");
 - `raw_backticks_in_tables`: a code span in a pipe table cell the table code escaped twice, which
   prints its backticks;
-- `progress_outputs`: progress bars (a widget is blank offline; a bar is not content).
+- `progress_outputs`: progress bars (a widget is blank offline; a bar is not content);
+- `png_width`: a chart wider than the book's text column (Quarto's HTML column is about 680 px;
+  a wider chart scrolls there and is shrunk in the PDF).
 
 Each returns a list of readable problems (empty: nothing found); tests run them on every chapter.
 """
@@ -25,6 +27,7 @@ _UNSUPPORTED = re.compile(rf"[^{PDF_SUPPORTED}]")
 _BRACKETS = re.compile(r"(?<!\\)<<|(?<!\\)>>")
 _TABLE_ROW = re.compile(r"^\|.*\|\s*$", re.M)
 _WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+COLUMN_PX = 680
 _PROGRESS = re.compile(r"\d+%\|[^|\n]*\|\s*\d+/\d+|\bit/s\]|Loading weights")
 
 
@@ -78,6 +81,17 @@ def progress_outputs(outputs: list[dict]) -> list[str]:
     return found
 
 
+def png_width(data: str | bytes) -> int:
+    """A PNG's width in pixels, from its header (`data`: bytes or base64 text, as a notebook stores it)."""
+    import base64
+    import struct
+
+    raw = base64.b64decode(data) if isinstance(data, str) else data
+    if raw[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    return struct.unpack(">I", raw[16:20])[0]
+
+
 def output_faults(nb) -> list[str]:
     """Every problem of an executed notebook's outputs (see the module docstring), named by cell."""
     problems = []
@@ -97,6 +111,12 @@ def output_faults(nb) -> list[str]:
                 found.append("HTML-only output: the PDF has nothing to show for it")
             if html:
                 found += eaten_brackets_html(html if isinstance(html, str) else "".join(html))
+            if data.get("image/png"):
+                from .display import PNG_SCALE
+
+                width = png_width(data["image/png"]) / PNG_SCALE
+                if width > COLUMN_PX:
+                    found.append(f"a figure {width:.0f} px wide in a {COLUMN_PX} px column")
         label = re.search(r"^#\|\s*label:\s*(\S+)", cell.source, re.M)
         problems += [f"cell {index} ({label.group(1) if label else 'no label'}): {p}" for p in found]
     return problems

@@ -179,13 +179,17 @@ def show_table(frame, index: bool = True, *, digits: int = 2, digits_by_column: 
     """Display a table: HTML for the site and notebooks, a Markdown pipe table for the PDF.
 
     Both show the same cells (`table_cells`); text is escaped, so "<bos>" stays visible. With
-    `pdf_max_rows`, the PDF's table stops after that many rows and says how many more the HTML
-    version has (a long token-by-token table would otherwise run over pages).
+    `pdf_max_rows`, a longer table shows that many rows: the PDF's stops there and says how many
+    more the HTML version has (a long token-by-token table would otherwise run over pages), and
+    the HTML keeps the whole table one click away in a collapsed block.
     """
     from IPython.display import display
 
     cells, _ = table_cells(frame, index, digits, digits_by_column)
     html = cells.to_html(index=False, escape=True, border=0, classes="table table-sm")
+    if pdf_max_rows is not None and len(cells) > pdf_max_rows:
+        head = cells.head(pdf_max_rows).to_html(index=False, escape=True, border=0, classes="table table-sm")
+        html = (f"{head}<details><summary>Show all {len(cells):,} rows</summary>{html}</details>")
     # The Markdown is what the PDF prints: let LaTeX break long identifiers after an underscore
     # (train_sampling_strategy next to group_by_length would otherwise run into each other).
     markdown = markdown_table(frame, index, digits, digits_by_column).replace("\\_", "\\_\\allowbreak{}")

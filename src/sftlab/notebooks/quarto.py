@@ -51,11 +51,11 @@ def inline_expressions(nb) -> list[str]:
     return [expr for cell in nb.cells if cell.cell_type == "markdown" for expr in INLINE_PYTHON.findall(cell.source)]
 
 
-def execute_like_quarto(path: Path, root: Path | None = None, *, timeout: int = 900) -> float:
+def execute_like_quarto(path: Path, root: Path | None = None, *, timeout: int = 900, executed: list | None = None) -> float:
     """Run a chapter as `quarto render` would (`quarto_notebook`, a fresh kernel, `execute_dir`);
-    return the wall time in seconds. Raises NotebookError naming the chapter, the failing cell's
-    source and its error. Inline `{python}` expressions are evaluated too, after the cells before
-    them, as Quarto does."""
+    return the wall time in seconds, and append the executed notebook to `executed` if given.
+    Raises NotebookError naming the chapter, the failing cell's source and its error. Inline
+    `{python}` expressions are evaluated too, after the cells before them, as Quarto does."""
     from nbclient import NotebookClient
 
     root = Path(root or book_root())
@@ -75,6 +75,8 @@ def execute_like_quarto(path: Path, root: Path | None = None, *, timeout: int = 
             raise
         except Exception as error:  # CellExecutionError, CellTimeoutError, DeadKernelError, ...
             raise NotebookError(_failure(path, nb, error)) from error
+    if executed is not None:
+        executed.append(nb)
     return time.perf_counter() - start
 
 
