@@ -620,3 +620,17 @@ def test_committed_notebooks_have_no_raw_citations_or_cross_references():
         chapter = ROOT / nb.metadata.sftlab.source
         if cited_keys(chapter.read_text(encoding="utf-8")):  # a chapter that cites ends with its references
             assert nb.cells[-1].source.startswith("## References\n\n"), path.name
+
+
+def test_the_books_variables_are_written_out_in_the_notebooks(book):
+    from sftlab.notebooks import UnresolvedReferenceWarning
+
+    # Quarto prints {{< var key >}} from _variables.yml; Jupyter has no shortcodes.
+    (book / "_variables.yml").write_text("heldout:\n  stop_sft: \"0.93 [0.78, 0.98]\"\n")
+    (book / "chapters" / "02-vars.qmd").write_text(
+        "# Vars\n\nSFT stops in {{< var heldout.stop_sft >}} of replies; {{< var heldout.nope >}}.\n")
+    with pytest.warns(UnresolvedReferenceWarning, match="heldout.nope"):
+        export_notebooks(book)
+    text = markdown_text(nbformat.read(book / "notebooks" / "02-vars.ipynb", as_version=4))
+    assert "SFT stops in 0.93 [0.78, 0.98] of replies" in text
+    assert "{{< var heldout.nope >}}" in text  # unknown: left as written, and reported

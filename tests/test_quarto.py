@@ -83,6 +83,24 @@ def test_nothing_runs_before_the_chapters_own_cells(tmp_path):
     assert inline_expressions(nb) == ["text.strip()"]
 
 
+def test_the_kernel_is_shut_down_after_the_chapter(tmp_path):
+    # Each chapter's kernel holds its models (GBs); eight of them left running fill the memory.
+    import time
+
+    import psutil
+
+    book = tiny_book(tmp_path, "  execute-dir: project")
+    chapter = book / "chapters" / "01-reads.qmd"
+    chapter.write_text("```{python}\nimport os\nopen('pid', 'w').write(str(os.getpid()))\n```\n")
+    execute_like_quarto(chapter, book, timeout=60)
+    pid = int((book / "pid").read_text())
+    for _ in range(50):
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            break
+        time.sleep(0.1)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
 def test_an_unknown_execute_dir_is_an_error(tmp_path):
     book = tiny_book(tmp_path, "  execute-dir: somewhere")
     with pytest.raises(ValueError, match="execute-dir must be 'file' or 'project'"):

@@ -109,7 +109,8 @@ def write_tiny_recipe(folder, model_dir):
         "training": {"max_steps": 3, "per_device_train_batch_size": 4, "learning_rate": 1e-3,
                      "max_length": 256, "bf16": False, "gradient_checkpointing": False},
         "evaluation": {"heldout_size": 4, "max_new_tokens": 6, "batch_size": 8,
-                       "embedding_similarity": False, "bootstrap_resamples": 50},
+                       "embedding_similarity": False, "bootstrap_resamples": 50,
+                       "extra_sets": []},  # tests/test_extra.py adds them
     }
     path = Path(folder) / "tiny.yaml"
     path.write_text(yaml.safe_dump(recipe))

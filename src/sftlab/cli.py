@@ -4,6 +4,8 @@
   sftlab run FILE             train and evaluate; write results/NAME/
   sftlab rescore DIR [--model] recompute a run's metrics from its samples.jsonl (--model: the loss too)
   sftlab compare DIR_A DIR_B  does run B's every metric lie inside run A's 95% interval?
+  sftlab evaluate-extra DIR [--sets qa ood decoding judge official_ifeval]
+                              add response-accuracy sets to a finished run (sftlab.extra)
   sftlab card DIR             write the adapter's model card (adapter/README.md)
   sftlab chat DIR [--prompt TEXT]
                               talk to the run's trained model (streamed; /reset, /exit)
@@ -60,6 +62,17 @@ def _cmd_rescore(args) -> int:
     print(f"{args.results_dir}: {len(changed)} metric value(s) changed")
     for key, (before, after) in sorted(changed.items()):
         print(f"  {key}: {before} -> {after}")
+    return 0
+
+
+def _cmd_evaluate_extra(args) -> int:
+    from .extra import evaluate_extra
+
+    decoding = {k: v for k, v in (("heldout", args.decoding_heldout), ("ifeval", args.decoding_ifeval)) if v is not None}
+    entries = evaluate_extra(args.results_dir, args.sets, progress=not args.quiet, force=args.force,
+                             judge=args.judge, decoding=decoding or None)
+    for name, entry in entries.items():
+        print(f"{args.results_dir}: {name} done ({entry['generate_s']:.0f} s of generation, {entry['cpu_kind']})")
     return 0
 
 
@@ -176,6 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
                               "the run's base model and adapter: a minute or two, no generation")
     rescore.add_argument("--quiet", action="store_true", help="no progress bars")
     rescore.set_defaults(func=_cmd_rescore)
+    extra = sub.add_parser("evaluate-extra", help="add response-accuracy sets to a finished run: questions with "
+                           "checkable answers, untrained instruction types, decoding settings, a judge, official IFEval")
+    extra.add_argument("results_dir")
+    extra.add_argument("--sets", nargs="+", metavar="SET", help="qa, ood, decoding, judge, official_ifeval "
+                       "(default: the recipe's evaluation.extra_sets, qa and ood)")
+    extra.add_argument("--force", action="store_true", help="redo sets the run already has")
+    extra.add_argument("--judge", metavar="SPEC", help="judge model (a local folder or a Hub id); "
+                       "overrides evaluation.judge")
+    extra.add_argument("--decoding-heldout", type=int, metavar="N", help="held-out prompts in the decoding subset")
+    extra.add_argument("--decoding-ifeval", type=int, metavar="N", help="IFEval-style prompts in the decoding subset")
+    extra.add_argument("--quiet", action="store_true", help="no progress bars")
+    extra.set_defaults(func=_cmd_evaluate_extra)
     talk = sub.add_parser("chat", help="talk to a run's trained model (base + adapter, merged); /reset, /exit")
     talk.add_argument("results_dir", help="a finished run folder, e.g. results/default")
     talk.add_argument("--prompt", help="answer this one message and exit")

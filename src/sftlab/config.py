@@ -70,6 +70,13 @@ EVAL_KEYS = {
     "loss_batches": "held-out batches for the assistant-token loss (null: all)",
     "plain_text": "passages of plain prose (Python's reference pages, no template) on which base and SFT "
                   "loss are compared: what training forgot (0: none; sftlab.plaintext)",
+    "extra_sets": "sets `sftlab evaluate-extra` adds at the end of a run: qa, ood, decoding, judge, "
+                  "official_ifeval (sftlab.extra; [] none)",
+    "qa_max_new_tokens": "token limit for replies to the questions with checkable answers (sftlab.qa)",
+    "decoding": "decoding-robustness subset and settings: {heldout: N, ifeval: N, temperature: T, seeds: [..], "
+                "long_max_new_tokens: N} (sftlab.extra)",
+    "judge": "model spec of a pairwise judge (a local folder or a Hub id; null: none, sftlab.judge)",
+    "official_ifeval": "score google/IFEval with the official checkers; needs the Hub (sftlab.official_ifeval)",
 }
 
 # What a run (and `sftlab rescore`) uses for an evaluation key the recipe leaves out.
@@ -84,6 +91,11 @@ EVAL_DEFAULTS = {
     "bootstrap_resamples": 1000,
     "loss_batches": None,
     "plain_text": 0,
+    "extra_sets": ["qa", "ood"],
+    "qa_max_new_tokens": 64,
+    "decoding": None,  # sftlab.extra.DECODING_DEFAULTS
+    "judge": None,
+    "official_ifeval": False,
 }
 
 

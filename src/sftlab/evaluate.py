@@ -41,8 +41,11 @@ def generate_replies(
     chunk_tokens: int | None = 32,
     desc: str = "generating",
     progress: bool = True,
+    sampling: dict | None = None,
 ) -> list[dict]:
-    """Greedy replies for token-id prompts, batched with left padding.
+    """Greedy replies for token-id prompts, batched with left padding (with `sampling`,
+    {"temperature": T, "seed": S}: sampled at temperature T, no top-k or top-p cut, the torch
+    generator seeded with S before the first batch, so the same call gives the same replies).
 
     Prompts are sorted by length so a batch wastes little padding; results come
     back in the input order. Each result: text (up to, not including, the stop
@@ -64,6 +67,8 @@ def generate_replies(
     device = next(model.parameters()).device
     stop_set = set(stop_ids)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if sampling is not None:
+        torch.manual_seed(int(sampling["seed"]))
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
         width = max(len(prompts[i]) for i in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -74,7 +79,7 @@ def generate_replies(
             attn[row, width - len(p) :] = 1
         new_tokens = _generate_dropping_finished(
             model, ids.to(device), attn.to(device), stop_set=stop_set, max_new_tokens=max_new_tokens,
-            chunk_tokens=chunk_tokens, pad_id=pad_id)
+            chunk_tokens=chunk_tokens, pad_id=pad_id, sampling=sampling)
         for row, i in enumerate(batch):
             new = new_tokens[row]
             cut = next((k for k, t in enumerate(new) if t in stop_set), None)
@@ -88,8 +93,9 @@ def generate_replies(
 
 
 def _generate_dropping_finished(model, ids, attn, *, stop_set: set[int], max_new_tokens: int,
-                                chunk_tokens: int | None, pad_id: int) -> list[list[int]]:
-    """New token ids per row of a left-padded batch, greedy, up to and including a stop token.
+                                chunk_tokens: int | None, pad_id: int, sampling: dict | None = None) -> list[list[int]]:
+    """New token ids per row of a left-padded batch, greedy (or sampled: `generate_replies`), up to
+    and including a stop token.
 
     Hand-written because `generate` has no option to drop finished rows: it is called for
     `chunk_tokens` at a time with the previous call's cache (`return_dict_in_generate`),
@@ -99,6 +105,8 @@ def _generate_dropping_finished(model, ids, attn, *, stop_set: set[int], max_new
     from transformers.generation import utils as generation_utils
 
     gen_kw = dict(do_sample=False, eos_token_id=sorted(stop_set), pad_token_id=pad_id)
+    if sampling is not None:  # plain temperature sampling: the model's own top-k / top-p defaults switched off
+        gen_kw.update(do_sample=True, temperature=float(sampling["temperature"]), top_k=0, top_p=1.0)
     # newer transformers call generate's cache argument `cache` (and deprecate `past_key_values`);
     # older ones take only `past_key_values`
     cache_kw = "cache" if hasattr(generation_utils, "ALL_CACHE_NAMES") else "past_key_values"

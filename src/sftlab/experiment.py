@@ -41,6 +41,7 @@ from .evaluate import (
     continuation_prompt_ids,
     generate_replies,
 )
+from .extra import extra_settings
 from .modelcard import write_model_card
 from .multiturn import load_probes
 from .runinfo import git_commit, hardware, versions
@@ -112,6 +113,7 @@ def run_experiment(
 
     t0 = time.time()
     config = load_config(config_path)
+    extra_settings({**EVAL_DEFAULTS, **section(config, "evaluation")})  # bad extra-set keys fail before training
     name = config["name"]
     results_root = Path(results_root)
     results_root.mkdir(parents=True, exist_ok=True)
@@ -151,12 +153,18 @@ def run_experiment(
         replies.update(generate_reference(ctx))
         score(ctx, replies, losses)
         write_samples(ctx, replies)
-        return finish(ctx, train_stats)
+        final = finish(ctx, train_stats)
     except BaseException:
         where = "" if results_root == Path("results") else f" --results {results_root}"
         _log(f"run stopped; its work so far is in {work} ({results_root / name} untouched); "
              f"continue it with: sftlab run {config_path}{where} --resume", every_process=True)
         raise
+    if ctx.eval_cfg["extra_sets"]:  # the run folder is complete; `sftlab evaluate-extra DIR` resumes this part
+        from .extra import evaluate_extra
+
+        _log(f"evaluating the extra sets {', '.join(ctx.eval_cfg['extra_sets'])} (sftlab.extra)")
+        evaluate_extra(final, progress=progress)
+    return final
 
 
 def prepare(ctx: RunContext):

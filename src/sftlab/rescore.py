@@ -22,6 +22,7 @@ import yaml
 from .config import EVAL_DEFAULTS
 from .errors import ConfigError
 from .runinfo import git_commit
+from .extra_scores import EXTRA_SAMPLE_SETS, rescore_sections
 from .scoring import score_losses, score_plain_losses, score_replies, write_json_atomic
 
 RESULT_FILES = ("config.yaml", "samples.jsonl", "metrics.json", "run.json")
@@ -80,6 +81,8 @@ def rescore(results_dir: str | Path, *, with_model: bool = False, progress: bool
     n_boot, seed = int(eval_cfg["bootstrap_resamples"]), int(config.get("seed", 0))
     old = json.loads((folder / "metrics.json").read_text())
     samples = read_samples(folder, set(old["systems"]))
+    extra_rows = [r for r in samples if r["set"] in EXTRA_SAMPLE_SETS]  # kept, and re-scored below
+    samples = [r for r in samples if r["set"] not in EXTRA_SAMPLE_SETS]
     replies: dict = {s: {"heldout": [], "ifeval": [], "multiturn": []} for s in old["systems"]}
     heldout_refs, heldout_prompts, if_records, mt_records = [], [], [], []
     for row in samples:
@@ -111,9 +114,11 @@ def rescore(results_dir: str | Path, *, with_model: bool = False, progress: bool
         plain = score_plain_losses(json.loads((folder / PLAIN_FILE).read_text()), n_resamples=n_boot, seed=seed)
         new["plain_text_loss"], plain_comparisons = plain["plain_text_loss"], plain["comparisons"]
     new["comparisons"] = scores["comparisons"] + loss_comparisons + plain_comparisons
+    if extra_rows:
+        new.update(rescore_sections(samples + extra_rows, old, n_resamples=n_boot, seed=seed))
     changed = _changed(old, new)
     write_json_atomic(folder / "metrics.json", new, indent=2)
-    _write_jsonl_atomic(folder / "samples.jsonl", annotate_samples(samples))
+    _write_jsonl_atomic(folder / "samples.jsonl", annotate_samples(samples) + extra_rows)
     run = json.loads((folder / "run.json").read_text())
     entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git_commit": git_commit(),
              "with_model": with_model, "changed": changed}
@@ -200,6 +205,8 @@ def _sample_row(line: str, lineno: int, systems: set) -> dict:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{where}: not valid JSON ({exc.msg})") from None
     where += f" ({row.get('id')})"
+    if row.get("set") in EXTRA_SAMPLE_SETS:
+        return row  # a set `sftlab evaluate-extra` added: its own scorer reads it (sftlab.extra_scores)
     if row.get("set") not in _SAMPLE_KEYS:
         raise ConfigError(f"{where}: unknown set {row.get('set')!r}; expected one of {sorted(_SAMPLE_KEYS)}")
     missing = [k for k in _SAMPLE_KEYS[row["set"]] if k not in row]

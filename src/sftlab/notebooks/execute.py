@@ -45,7 +45,7 @@ def execute_notebook(path: Path, root: Path | None = None, *, timeout: int = 900
     with _kernel_manager() as km:
         client = NotebookClient(nb, km=km, timeout=timeout, resources={"metadata": {"path": str(root)}})
         try:
-            client.execute()
+            client.execute(cleanup_kc=True)  # shut the kernel down after: its model would stay in memory
         except Exception as error:  # CellExecutionError, CellTimeoutError, DeadKernelError, ...
             raise NotebookError(_failure(path, nb, error)) from error
     return time.perf_counter() - start

@@ -25,7 +25,7 @@ from .layout import (
     repo_branch,
     repo_url,
 )
-from .qmd import qmd_cells, split_front_matter
+from .qmd import qmd_cells, read_variables, split_front_matter, substitute_variables
 
 def setup_source(stem: str, url: str, branch: str, source: str | None = None) -> str:
     """The first cell of every notebook: installs sftlab on Colab, elsewhere only moves to
@@ -69,6 +69,7 @@ def qmd_to_notebook(
     source: str | None = None,
     drop_lines=(),
     labels: dict | None = None,
+    variables: dict | None = None,
     bibliography=None,
     csl=None,
     unresolved: list | None = None,
@@ -99,8 +100,8 @@ def qmd_to_notebook(
     for kind, cell_source, tags in qmd_cells(body, drop={line.strip() for line in drop_lines}):
         if kind == "code":
             cells.append(v4.new_code_cell(cell_source, metadata={"tags": tags} if tags else {}))
-        else:
-            cells.append(v4.new_markdown_cell(cell_source))
+        else:  # the book's numbers, {{< var key >}}, written out (Jupyter has no shortcodes)
+            cells.append(v4.new_markdown_cell(substitute_variables(cell_source, variables or {}, unresolved)))
 
     known = {**chapter_labels(text, stem), **(labels or {})}  # the book's know their chapter
     resolve_references(cells, stem=stem, labels=known, bibliography=bibliography, csl=csl, unresolved=unresolved)
@@ -141,6 +142,7 @@ def chapter_notebook(path: Path, root: Path | None = None, *, labels: dict | Non
         source=chapter_source(path, root),
         drop_lines=[badge_line(path.stem, root), pdf_link_line(path.stem, root)],
         labels=book_labels(root) if labels is None else labels,
+        variables=read_variables(root),
         bibliography=bibliography,
         csl=csl,
         unresolved=unresolved,

@@ -126,3 +126,48 @@ def qmd_cells(body: str, *, drop=frozenset()) -> list[tuple[str, str, list[str]]
         i += 1
     flush()
     return cells
+
+
+# Quarto's `{{< var key >}}` shortcode: a value from `_variables.yml` beside `_quarto.yml` (dotted
+# keys reach into mappings). Jupyter does not know it, so the export writes the value out.
+VARIABLES_FILE = "_variables.yml"
+VAR_SHORTCODE = re.compile(r"\{\{<\s*var\s+([^\s>]+)\s*>\}\}")
+
+
+def read_variables(root) -> dict:
+    """The book's `_variables.yml` as a mapping (empty when the file does not exist)."""
+    from pathlib import Path
+
+    path = Path(root) / VARIABLES_FILE
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: must be a mapping of variable names to values")
+    return data
+
+
+def variable(variables: dict, key: str):
+    """The value of a dotted `key` in `variables`; KeyError naming the key when it is not there."""
+    value = variables
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(f"no variable {key!r} in {VARIABLES_FILE}")
+        value = value[part]
+    if isinstance(value, dict):
+        raise KeyError(f"{key!r} in {VARIABLES_FILE} is a group of variables, not a value")
+    return value
+
+
+def substitute_variables(text: str, variables: dict, unresolved: list | None = None) -> str:
+    """`text` with every `{{< var key >}}` replaced by its value; an unknown key stays as written
+    and is appended to `unresolved`."""
+    def one(match):
+        try:
+            return str(variable(variables, match.group(1)))
+        except KeyError as err:
+            if unresolved is not None:
+                unresolved.append(str(err.args[0]))
+            return match.group(0)
+
+    return VAR_SHORTCODE.sub(one, text)

@@ -65,7 +65,7 @@ def execute_like_quarto(path: Path, root: Path | None = None, *, timeout: int = 
     with _kernel_manager() as km:
         client = NotebookClient(nb, km=km, timeout=timeout, resources={"metadata": {"path": str(execute_dir(root, path))}})
         try:
-            with client.setup_kernel():
+            with client.setup_kernel(cleanup_kc=True):  # shut the kernel down after (we own it)
                 for index, cell in enumerate(nb.cells):
                     if cell.cell_type == "code":
                         client.execute_cell(cell, index)
