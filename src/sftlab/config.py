@@ -40,6 +40,8 @@ TOP_KEYS = {
     "lora": "peft.LoraConfig fields",
     "training": "trl.SFTConfig fields, plus sftlab's own (see TRAINING_KEYS)",
     "evaluation": "prompt sets, decoding and metrics (see EVAL_KEYS)",
+    "preference": "a stage after training that learns from the SFT model's own checked samples: DPO or "
+                  "rejection sampling (see PREFERENCE_KEYS; off when absent)",
 }
 
 MODEL_KEYS = {
@@ -77,6 +79,27 @@ EVAL_KEYS = {
                 "long_max_new_tokens: N} (sftlab.extra)",
     "judge": "model spec of a pairwise judge (a local folder or a Hub id; null: none, sftlab.judge)",
     "official_ifeval": "score google/IFEval with the official checkers; needs the Hub (sftlab.official_ifeval)",
+}
+
+# The `preference:` section (sftlab.preference; defaults and checks in sftlab.preference.recipe).
+PREFERENCE_KEYS = {
+    "method": "dpo (trl.DPOTrainer on chosen/rejected pairs) | rft (rejection sampling: SFT on the chosen "
+              "replies only); default dpo",
+    "sft_run": "a finished run folder whose SFT adapter this run starts from, reusing its replies where the "
+               "prompts and decoding are the same (its seed, model, data, lora and training must equal this "
+               "recipe's); null: train SFT in this run",
+    "prompts": "instruction prompts (1-2 checkable instructions each) made from training conversations",
+    "plain_prompts": "plain training prompts beside them, so that general replies are not forgotten",
+    "types": "instruction types to draw from (default: all, sftlab.data.instructions.TYPE_NAMES)",
+    "samples": "replies sampled per prompt from the merged SFT model (k)",
+    "temperature": "sampling temperature (no top-k or top-p cut)",
+    "max_new_tokens": "token limit per sample (null: evaluation.max_new_tokens)",
+    "batch_size": "sequences sampled together (null: evaluation.batch_size)",
+    "repair": "where no sample passes, the best usable one repaired by the instruction rewrite is the chosen "
+              "reply (true/false; default true)",
+    "seed": "seed for the prompt pool, the samples and the pairs (null: the run's seed)",
+    "lora": "peft.LoraConfig fields of the new adapter (null: the recipe's lora, without trainable tokens)",
+    "training": "trl.DPOConfig fields (method dpo) or trl.SFTConfig fields (method rft)",
 }
 
 # What a run (and `sftlab rescore`) uses for an evaluation key the recipe leaves out.
@@ -317,6 +340,10 @@ def recipe_problems(config: Any, where: str = "", *, required: bool = True, dry_
         if not found:
             clean.add(path)
     problems += _across_keys(config, where)
+    from .preference.recipe import section_problems  # the `preference:` section, when the recipe has one
+
+    problems += [Problem(where, key, message)
+                 for key, message in section_problems(config.get("preference"), dry_run=dry_run)]
     if dry_run:
         problems += _build_once(config, where, {s for s in ("lora", "training") if s in clean})
     return problems

@@ -17,7 +17,10 @@ continues an interrupted run from its finished stages and last training checkpoi
 
 `run_experiment` calls one function per stage, in order: `prepare`, `train`, `generate_base`,
 `heldout_losses`, `generate_sft`, `generate_reference`, `score`, `write_samples`, `finish`;
-each docstring names the files and the stage_*.json (in the work folder) it writes.
+each docstring names the files and the stage_*.json (in the work folder) it writes. With a
+`preference:` section, `adopt_sft_run` (before `train`: start from a finished run's SFT adapter)
+and `run_preference` (after `generate_sft`: sampling, pairs, DPO or RFT, a sixth system) add the
+preference stage (sftlab.preference.stage, which lists its files).
 """
 
 from __future__ import annotations
@@ -85,6 +88,10 @@ class RunContext:
     plain_ds: list[dict] = field(default_factory=list)  # plain-text passages (none when off)
     # Set by `heldout_losses`: per-passage plain-text loss rows by system (empty when off).
     plain_losses: dict = field(default_factory=dict)
+    # For the preference stage (sftlab.preference; unused without a `preference:` section):
+    prepared: Any = None  # what `prepare_data` returned (its training conversations, before the mix)
+    sft_model: Any = None  # set by `generate_sft`: the SFT model, merged
+    run_info: dict = field(default_factory=dict)  # more run.json entries ("preference")
 
     @property
     def eval_cfg(self) -> dict:
@@ -138,8 +145,11 @@ def run_experiment(
                      timings=stages.get("timings") or {}, progress=progress, resume=resume, started=t0,
                      main_process=state.is_main_process)
     try:
+        from .preference.stage import adopt_sft_run, run_preference
+
         set_seed(int(config.get("seed", 0)))
         model = prepare(ctx)
+        adopt_sft_run(ctx)  # with preference.sft_run: that run's SFT adapter and replies, no training here
         # Training comes first so that under `accelerate launch` every process trains together and
         # only the main process evaluates afterwards (no process waits at a barrier while another
         # generates). The base model is evaluated through the same object with the adapter disabled.
@@ -150,6 +160,7 @@ def run_experiment(
         losses = heldout_losses(ctx, peft_model)
         replies.update(generate_sft(ctx, peft_model))  # merges the adapter: the last use of peft_model
         del peft_model, model
+        replies.update(run_preference(ctx, losses))  # with a `preference:` section: on the merged SFT model
         replies.update(generate_reference(ctx))
         score(ctx, replies, losses)
         write_samples(ctx, replies)
@@ -213,7 +224,7 @@ def prepare(ctx: RunContext):
     kept_eval_ids = set(eval_ds["id"])
     heldout = [c for c in prepared.eval if str(c["id"]) in kept_eval_ids][: int(ctx.eval_cfg["heldout_size"])]
 
-    ctx.tokenizer, ctx.fmt, ctx.train_ds, ctx.eval_ds = tokenizer, fmt, train_ds, eval_ds
+    ctx.tokenizer, ctx.fmt, ctx.train_ds, ctx.eval_ds, ctx.prepared = tokenizer, fmt, train_ds, eval_ds, prepared
     # Held-out prompts: each conversation up to its last user turn; the reference is the last reply.
     ctx.heldout = heldout
     ctx.heldout_prompts = [c["messages"][:-1] for c in heldout]
@@ -356,12 +367,13 @@ def generate_sft(ctx: RunContext, peft_model) -> dict:
     model does in "base_continuation" ("sft_continuation": what the template does for the trained
     model), each when in evaluation.systems. Writes stage_replies_sft.json, stage_replies_sft_continuation.json."""
     wanted = [s for s in ("sft", "sft_continuation") if s in ctx.eval_cfg["systems"]]
-    if not wanted:
+    if not wanted and ctx.config.get("preference") is None:
         return {}
     # Merged weights generate at base-model speed; unmerged LoRA and the trainable-token
     # wrapper on the 262k-row output layer add work at every decoding step.
     merged = peft_model.merge_and_unload()
     merged.eval()
+    ctx.sft_model = merged  # the preference stage starts from it
     prompt_fns = {"sft": chat_prompt_ids, "sft_continuation": continuation_prompt_ids}
     if "sft_continuation" in wanted:
         _log("evaluating the LoRA SFT model as plain continuation")
@@ -449,6 +461,7 @@ def finish(ctx: RunContext, train_stats: dict) -> Path:
         "training": train_stats,
         "chat_format": {"template": fmt.template, "end_of_turn": fmt.end_of_turn,
                         "eos_token_ids": fmt.eos_token_ids, "pad_token_id": fmt.pad_token_id},
+        **ctx.run_info,
     }
     (work / "run.json").write_text(json.dumps(run, indent=2))
     if (work / "adapter" / "adapter_config.json").is_file():

@@ -30,6 +30,8 @@ COMPARISONS = (
     ("sft", "reference"),  # against a published post-trained model
     ("base_chat", "base_continuation"),  # the effect of the template alone
     ("sft", "sft_continuation"),  # the trained model with and without its template
+    ("preference", "sft"),  # what the preference stage added (sftlab.preference)
+    ("preference", "reference"),  # the preference model against the published one
 )
 MATCHED_WORDS = 30  # distinct-2 over each reply's first 30 words: diversity at a matched length
 RATES = ("stop_rate", "role_leak_rate", "canned_rate", "prompt_level")  # Wilson intervals

@@ -116,8 +116,11 @@ def reply(model, tokenizer, messages: list[dict], *, max_new_tokens: int = 256, 
 def chat(results: str | Path, *, prompt: str | None = None, max_new_tokens: int = 256,
          stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """`sftlab chat`: one reply to `prompt`, or a conversation read line by line from `stdin`."""
+    from .preference.stage import load_preference_model
+
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     model, tokenizer = load_sft_model(results)
+    model = load_preference_model(model, results)  # a run with a preference stage: its adapter merged on top
     if prompt is not None:
         reply(model, tokenizer, [{"role": "user", "content": prompt}], max_new_tokens=max_new_tokens, out=stdout)
         return 0
