@@ -1,11 +1,15 @@
 """Property-based tests (hypothesis): messy data never crashes the pipeline or slips through
-silently, and no message text can pose as the chat template's control tokens."""
+silently, no message text can pose as the chat template's control tokens, a recipe mangled by
+hand is valid or a ConfigError naming its keys, and a run folder with broken files is named
+by `sftlab chat` and `sftlab rescore`, never a traceback."""
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -148,3 +152,151 @@ def test_truncated_json_array_yields_complete_records_and_says_where_it_broke():
     records = list(reader)
     assert [r["id"] for r in records] == ["0", "1", "2", "3"]
     assert reader.broken_at is not None and '"id": "4"' in reader.partial
+
+
+# ---------------------------------------------------------------------------- recipes
+
+def _committed_recipes() -> dict[str, dict]:
+    """Every committed recipe (configs/*.yaml) and every variant of the sweep, as `sftlab run` reads them."""
+    from pathlib import Path
+
+    from sftlab.config import read_yaml_mapping
+    from sftlab.sweep import load_sweep
+
+    out = {}
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
+        recipe = read_yaml_mapping(path)
+        if "variants" in recipe:  # a sweep file: its variants are recipes
+            out.update({f"{path.name}: {name}": r for name, r in load_sweep(path)["recipes"].items()})
+        else:
+            out[path.name] = {"name": path.stem, **recipe}
+    return out
+
+
+RECIPES = _committed_recipes()
+NEW_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 300), st.floats(allow_nan=True),
+                       st.sampled_from(["", "x", "5e-4", "no", "auto", "<end_of_turn>", "sharegpt"]),
+                       st.lists(st.integers(-1, 5), max_size=2), st.just({}), st.just({"share": "x"}))
+
+
+def _paths(tree: dict, prefix=()) -> list[tuple]:
+    out = []
+    for key, value in tree.items():
+        out.append((*prefix, key))
+        if isinstance(value, dict):
+            out += _paths(value, (*prefix, key))
+    return out
+
+
+def _misspelt(key: str, i: int, how: str) -> str:
+    i %= max(len(key), 1)
+    if how == "drop" and len(key) > 1:
+        return key[:i] + key[i + 1:]
+    if how == "swap" and len(key) > 1:
+        j = min(i + 1, len(key) - 1)
+        return key[:i] + key[j] + key[i] + key[j + 1:] if i != j else key + "s"
+    return key[:i] + "x" + key[i:]
+
+
+@settings(max_examples=250, deadline=None)
+@given(st.sampled_from(sorted(RECIPES)), st.data())
+def test_a_mutated_recipe_is_valid_or_a_config_error_naming_keys(name, data):
+    """Random deletions, type changes and misspellings of committed recipes: a ConfigError whose
+    every problem names the file and a key, or a recipe that validates; never another exception."""
+    from sftlab.config import validate
+    from sftlab.errors import ConfigError
+
+    recipe = copy.deepcopy(RECIPES[name])
+    changed = []
+    for _ in range(data.draw(st.integers(1, 3), label="mutations")):
+        paths = _paths(recipe)
+        if not paths:
+            break
+        path = data.draw(st.sampled_from(paths), label="key")
+        parent = recipe
+        for part in path[:-1]:
+            parent = parent[part]
+        how = data.draw(st.sampled_from(["delete", "retype", "drop", "swap", "insert"]), label="how")
+        if how == "delete":
+            del parent[path[-1]]
+        elif how == "retype":
+            parent[path[-1]] = data.draw(NEW_VALUES, label="value")
+        else:
+            new = _misspelt(str(path[-1]), data.draw(st.integers(0, 40), label="at"), how)
+            parent[new] = parent.pop(path[-1])
+            path = (*path[:-1], new)
+        changed.append((how, ".".join(map(str, path))))
+    before = copy.deepcopy(recipe)
+    try:
+        validate(recipe, "recipe.yaml")
+    except ConfigError as exc:
+        assert exc.problems, str(exc)
+        assert all(p.where == "recipe.yaml" and p.key and p.message for p in exc.problems), str(exc)
+        assert all(str(p) in str(exc) for p in exc.problems)
+    assert recipe == before  # the check never changes the recipe
+    for how, path in changed:
+        if how == "delete" and path in ("model.base", "data.source"):
+            with pytest.raises(ConfigError, match=f"{re.escape(path)}: required, missing"):
+                validate(recipe, "recipe.yaml")
+
+
+# ---------------------------------------------------------------------------- run folders
+
+BREAKS = st.sampled_from(["missing", "empty", "truncate", "garbage", "json"])
+JSON_VALUES = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5)),
+                           lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                   st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+                           max_leaves=6)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(["adapter/adapter_config.json", "metrics.json", "samples.jsonl",
+                                           "run.json", "config.yaml", "heldout_losses.json"]),
+                          BREAKS, st.floats(0, 1), JSON_VALUES), min_size=1, max_size=2))
+def test_chat_and_rescore_on_a_broken_run_folder_name_the_file(monkeypatch, breaks):
+    """`sftlab chat` and `sftlab rescore` on a run folder with missing, empty or corrupt files: a
+    ConfigError naming a file of the folder, or (files still readable) the command goes on; no
+    other exception, and chat loads no model before the folder is checked."""
+    import tempfile
+    from pathlib import Path
+
+    from run_folders import write_run_folder
+
+    import sftlab.rescore
+    import sftlab.sources
+    from sftlab.errors import ConfigError
+    from sftlab.rescore import rescore
+    from sftlab.talk import chat
+
+    class Loaded(Exception):
+        pass
+
+    def load_model(*args, **kwargs):
+        raise Loaded
+
+    monkeypatch.setattr(sftlab.sources, "load_model", load_model)
+    monkeypatch.setattr(sftlab.rescore, "git_commit", lambda: "0" * 40)  # no git process per example
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_run_folder(Path(tmp) / "run")
+        for name, how, at, value in breaks:
+            path = folder / name
+            if not path.is_file():
+                continue  # broken twice: already missing
+            raw = path.read_bytes()
+            if how == "missing":
+                path.unlink()
+            elif how == "empty":
+                path.write_bytes(b"")
+            elif how == "truncate":
+                path.write_bytes(raw[: int(len(raw) * at)])
+            elif how == "garbage":
+                path.write_bytes(raw[: int(len(raw) * at)] + b"\xff\x00{]\n" + raw[int(len(raw) * at):])
+            else:
+                path.write_text(json.dumps(value) + ("\n" if name.endswith(".jsonl") else ""))
+        for command in (lambda: chat(folder, prompt="hi"), lambda: rescore(folder, progress=False)):
+            try:
+                command()
+            except ConfigError as exc:
+                assert str(folder) in str(exc), str(exc)
+            except Loaded:
+                pass  # chat: every file it reads was fine, the model would load now

@@ -118,3 +118,47 @@ def test_experiment_still_offers_the_moved_names():
     assert experiment.rescore is rescore_mod.rescore
     assert experiment.score_replies is scoring.score_replies and experiment.score_losses is scoring.score_losses
     assert experiment.lora_update_norms is train.lora_update_norms
+
+
+# Broken files of a finished run: each is named before anything is recomputed or written.
+@pytest.mark.parametrize("name, content, message", [
+    ("metrics.json", "", "metrics.json: file is empty"),
+    ("metrics.json", '{"systems": {"sft": ', "metrics.json: not valid JSON"),
+    ("metrics.json", "[1, 2]", "metrics.json: expected a JSON object, got list"),
+    ("metrics.json", '{"comparisons": []}', "metrics.json: systems: expected a mapping"),
+    ("run.json", "{not json", "run.json: not valid JSON"),
+    ("samples.jsonl", "", "samples.jsonl: no rows"),
+    ("samples.jsonl", "[1]\n", "samples.jsonl line 1: expected a JSON object"),
+    ("samples.jsonl", b"\xff\xfe{}\n", "samples.jsonl: not UTF-8 text"),
+    ("samples.jsonl", '{"set": "ifeval", "id": "c", "reference": null, "prompt": [{"role": "user", "content": "hi"}], '
+                      '"checks": [{"kind": "all_lowercase"}], "replies": {"sft": {"text": "hi", "stopped": true}}}\n',
+     "samples.jsonl line 1 (c): checks: prompt 'c', check 0: a check must be an object with a 'type'"),
+    ("heldout_losses.json", '{"sft": [[1.0]]}', "heldout_losses.json: sft: expected a list of rows of 2 or 4 numbers"),
+    ("config.yaml", "evaluation: {bootstrap_resamples: many}\n",
+     "config.yaml: evaluation.bootstrap_resamples: expected a whole number >= 1"),
+    ("config.yaml", "evaluation: [unclosed\n", "config.yaml is not valid YAML"),
+])
+def test_rescore_names_a_broken_file_and_writes_nothing(tmp_path, name, content, message):
+    from run_folders import snapshot, write_run_folder
+
+    from sftlab.cli import main
+    from sftlab.errors import ConfigError
+
+    folder = write_run_folder(tmp_path / "run")
+    path = folder / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    before = snapshot(folder)
+    with pytest.raises(ConfigError) as err:
+        rescore(folder, progress=False)
+    assert str(path) in str(err.value) and message in str(err.value)
+    assert snapshot(folder) == before
+    assert main(["rescore", str(folder), "--quiet"]) == 2
+
+
+def test_rescore_runs_on_the_miniature_run_folder(tmp_path):
+    from run_folders import write_run_folder
+
+    folder = write_run_folder(tmp_path / "run")
+    entry = rescore(folder, progress=False)
+    assert "sft.ifeval.prompt_level" in entry["changed"]  # metrics.json had none: all values are new
+    assert json.loads((folder / "run.json").read_text())["rescored"] == [entry]

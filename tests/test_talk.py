@@ -89,3 +89,39 @@ def test_the_model_card_says_how_many_instruction_examples_were_added(tiny_resul
     report["instructions"] = {"share": 0.5, "extra": {"n_added": 7}}
     (tiny_results / "data_report.json").write_text(json.dumps(report))
     assert "(7 of them added: instruction examples cut from conversations too long to keep)" in model_card(tiny_results)
+
+
+# `sftlab chat` on a folder with a missing, empty or corrupt file: named before any model loads.
+@pytest.mark.parametrize("name, content, message", [
+    ("adapter/adapter_config.json", None, "has no trained adapter (adapter/adapter_config.json)"),
+    ("adapter/adapter_config.json", "", "adapter_config.json: file is empty"),
+    ("adapter/adapter_config.json", '{"peft_type": "LO', "adapter_config.json: not valid JSON"),
+    ("adapter/adapter_config.json", '"LORA"', "adapter_config.json: expected a JSON object, got str"),
+    ("adapter/adapter_config.json", '{"r": 4}', "adapter_config.json: peft_type: missing"),
+    ("adapter/adapter_model.safetensors", None, "no adapter weights"),
+    ("adapter/adapter_model.safetensors", "", "adapter_model.safetensors: file is empty"),
+    ("config.yaml", "", "config.yaml: model.base: required, missing"),
+    ("config.yaml", "model: {base: x, template: gemmma}\n", "config.yaml: model.template: expected one of"),
+    ("config.yaml", "model: [unclosed\n", "config.yaml is not valid YAML"),
+])
+def test_chat_names_a_broken_file_before_loading_a_model(tmp_path, monkeypatch, capsys, name, content, message):
+    from run_folders import write_run_folder
+
+    import sftlab.sources
+    from sftlab.cli import main
+    from sftlab.talk import chat
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the run folder was checked")
+
+    monkeypatch.setattr(sftlab.sources, "load_model", refuse)
+    folder = write_run_folder(tmp_path / "run")
+    if content is None:
+        (folder / name).unlink()
+    else:
+        (folder / name).write_text(content)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        chat(folder, prompt="hi", stdout=io.StringIO())
+    assert main(["chat", str(folder), "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

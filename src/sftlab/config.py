@@ -193,6 +193,8 @@ RULES: dict[str, Key] = {
     "lora": mapping(null=True),
     "training": mapping(null=True),
     "evaluation": mapping(null=True),
+    "preference": mapping("a mapping of sftlab.config.PREFERENCE_KEYS (sftlab.preference.recipe checks them)",
+                          null=True),
     "model.base": text(required=True, example="offline:gemma-3-270m"),
     "model.reference": text(null=True),
     "model.template": one_of(_templates),
