@@ -235,6 +235,12 @@ RULES: dict[str, Key] = {
     "evaluation.bootstrap_resamples": whole(1),
     "evaluation.loss_batches": whole(1, null=True),
     "evaluation.plain_text": whole(0, null=True),
+    "evaluation.extra_sets": list_of(one_of("qa", "ood", "decoding", "judge", "official_ifeval")),
+    "evaluation.qa_max_new_tokens": whole(1),
+    "evaluation.decoding": mapping("a mapping such as {heldout: 30, ifeval: 60} (sftlab.extra checks its keys)",
+                                   null=True),
+    "evaluation.judge": text(null=True),
+    "evaluation.official_ifeval": flag(),
     # sftlab's own training keys and values, and ranges for the library keys every recipe sets
     "training.loss_chunk_size": whole(1, null=True),
     "training.bf16": one_of(True, False, "auto"),
