@@ -193,8 +193,6 @@ RULES: dict[str, Key] = {
     "lora": mapping(null=True),
     "training": mapping(null=True),
     "evaluation": mapping(null=True),
-    "preference": mapping("a mapping of sftlab.config.PREFERENCE_KEYS (sftlab.preference.recipe checks them)",
-                          null=True),
     "model.base": text(required=True, example="offline:gemma-3-270m"),
     "model.reference": text(null=True),
     "model.template": one_of(_templates),
@@ -235,12 +233,6 @@ RULES: dict[str, Key] = {
     "evaluation.bootstrap_resamples": whole(1),
     "evaluation.loss_batches": whole(1, null=True),
     "evaluation.plain_text": whole(0, null=True),
-    "evaluation.extra_sets": list_of(one_of("qa", "ood", "decoding", "judge", "official_ifeval")),
-    "evaluation.qa_max_new_tokens": whole(1),
-    "evaluation.decoding": mapping("a mapping such as {heldout: 30, ifeval: 60} (sftlab.extra checks its keys)",
-                                   null=True),
-    "evaluation.judge": text(null=True),
-    "evaluation.official_ifeval": flag(),
     # sftlab's own training keys and values, and ranges for the library keys every recipe sets
     "training.loss_chunk_size": whole(1, null=True),
     "training.bf16": one_of(True, False, "auto"),
@@ -366,13 +358,21 @@ def validate(config: dict, where: str = "") -> dict:
     return config
 
 
+def read_text(path: Path) -> str:
+    """A text file's contents; a file that is not UTF-8 is a ConfigError naming it and the byte."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x})") from None
+
+
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
     """A YAML file that must hold a mapping (a recipe, a sweep file); ConfigError names the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text(path)) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -408,7 +408,7 @@ def read_json(path: str | Path, what: str = "", *, kind: type = dict) -> Any:
     about = f" ({what})" if what else ""
     if not path.is_file():
         raise ConfigError(f"{path}: file missing{about}")
-    raw = path.read_text(encoding="utf-8", errors="replace")
+    raw = read_text(path)
     if not raw.strip():
         raise ConfigError(f"{path}: file is empty{about}")
     try:

@@ -14,13 +14,12 @@ when, at which commit, and which values moved.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
-import yaml
-
-from .config import EVAL_DEFAULTS
-from .errors import ConfigError
+from .config import EVAL_DEFAULTS, read_json, read_run_recipe, read_text
+from .errors import ConfigError, DataError
 from .runinfo import git_commit
 from .extra_scores import EXTRA_SAMPLE_SETS, rescore_sections
 from .scoring import score_losses, score_plain_losses, score_replies, write_json_atomic
@@ -66,8 +65,9 @@ def annotate_samples(samples: list[dict]) -> list[dict]:
 
 def read_samples(folder: Path, systems: set) -> list[dict]:
     """samples.jsonl rows, each checked (a bad row raises ConfigError naming its line and key)."""
-    with open(folder / "samples.jsonl", encoding="utf-8") as f:
-        return [_sample_row(line, lineno, systems) for lineno, line in enumerate(f, start=1) if line.strip()]
+    path = folder / "samples.jsonl"
+    lines = read_text(path).split("\n")  # not splitlines: replies may hold U+2028 and other line breaks
+    return [_sample_row(line, lineno, systems, path) for lineno, line in enumerate(lines, start=1) if line.strip()]
 
 
 def rescore(results_dir: str | Path, *, with_model: bool = False, progress: bool = True) -> dict:
@@ -76,13 +76,22 @@ def rescore(results_dir: str | Path, *, with_model: bool = False, progress: bool
     missing = [f for f in RESULT_FILES if not (folder / f).is_file()]
     if missing:
         raise ConfigError(f"{folder} is not a finished run folder: missing {', '.join(missing)}")
-    config = yaml.safe_load((folder / "config.yaml").read_text())
+    # Every file is read and checked before anything is written: a bad one is named, none is half-rewritten.
+    config = read_run_recipe(folder, ("seed", "evaluation", *(("model", "data", "training") if with_model else ())),
+                             required=with_model)
     eval_cfg = {**EVAL_DEFAULTS, **(config.get("evaluation") or {})}
     n_boot, seed = int(eval_cfg["bootstrap_resamples"]), int(config.get("seed", 0))
-    old = json.loads((folder / "metrics.json").read_text())
+    old = _metrics_file(folder / "metrics.json")
+    run = read_json(folder / "run.json", "the run's record")
+    if not isinstance(run.get("rescored", []), list):
+        raise ConfigError(f"{folder / 'run.json'}: rescored: expected a list of earlier rescores")
     samples = read_samples(folder, set(old["systems"]))
     extra_rows = [r for r in samples if r["set"] in EXTRA_SAMPLE_SETS]  # kept, and re-scored below
     samples = [r for r in samples if r["set"] not in EXTRA_SAMPLE_SETS]
+    if not samples:
+        raise ConfigError(f"{folder / 'samples.jsonl'}: no rows (the run's prompts and replies)")
+    stored_losses = {name: _loss_rows_file(folder / name) for name in (LOSSES_FILE, PLAIN_FILE)
+                     if (folder / name).is_file()}
     replies: dict = {s: {"heldout": [], "ifeval": [], "multiturn": []} for s in old["systems"]}
     heldout_refs, heldout_prompts, if_records, mt_records = [], [], [], []
     for row in samples:
@@ -100,18 +109,18 @@ def rescore(results_dir: str | Path, *, with_model: bool = False, progress: bool
     if with_model:
         losses = recompute_losses(folder, config, expected=old.get("heldout_loss") or {}, progress=progress)
         write_json_atomic(folder / LOSSES_FILE, losses, indent=None)
+        stored_losses[LOSSES_FILE] = losses
     loss_scores = None
-    if (folder / LOSSES_FILE).is_file():
-        stored = json.loads((folder / LOSSES_FILE).read_text())
-        loss_scores = score_losses({s: {"per_conversation": rows} for s, rows in stored.items()},
+    if LOSSES_FILE in stored_losses:
+        loss_scores = score_losses({s: {"per_conversation": rows} for s, rows in stored_losses[LOSSES_FILE].items()},
                                    n_resamples=n_boot, seed=seed)
     new = {**old, "systems": scores["systems"]}
     loss_comparisons = [c for c in old.get("comparisons", []) if c.get("set") == "loss"]
     if loss_scores is not None:
         new["heldout_loss"], loss_comparisons = loss_scores["heldout_loss"], loss_scores["comparisons"]
     plain_comparisons = [c for c in old.get("comparisons", []) if c.get("set") == "plain_text"]
-    if (folder / PLAIN_FILE).is_file():
-        plain = score_plain_losses(json.loads((folder / PLAIN_FILE).read_text()), n_resamples=n_boot, seed=seed)
+    if PLAIN_FILE in stored_losses:
+        plain = score_plain_losses(stored_losses[PLAIN_FILE], n_resamples=n_boot, seed=seed)
         new["plain_text_loss"], plain_comparisons = plain["plain_text_loss"], plain["comparisons"]
     new["comparisons"] = scores["comparisons"] + loss_comparisons + plain_comparisons
     if extra_rows:
@@ -119,7 +128,6 @@ def rescore(results_dir: str | Path, *, with_model: bool = False, progress: bool
     changed = _changed(old, new)
     write_json_atomic(folder / "metrics.json", new, indent=2)
     _write_jsonl_atomic(folder / "samples.jsonl", annotate_samples(samples) + extra_rows)
-    run = json.loads((folder / "run.json").read_text())
     entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git_commit": git_commit(),
              "with_model": with_model, "changed": changed}
     run.setdefault("rescored", []).append(entry)
@@ -197,13 +205,15 @@ def recompute_losses(folder: Path, config: dict, *, expected: dict, progress: bo
     return {s: [list(r) for r in rows] for s, rows in out.items()}
 
 
-def _sample_row(line: str, lineno: int, systems: set) -> dict:
-    """One samples.jsonl row, checked; a bad row raises ConfigError naming its line, id and the key."""
-    where = f"samples.jsonl line {lineno}"
+def _sample_row(line: str, lineno: int, systems: set, path: Path = Path("samples.jsonl")) -> dict:
+    """One samples.jsonl row, checked; a bad row raises ConfigError naming its file, line, id and the key."""
+    where = f"{path} line {lineno}"
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{where}: not valid JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise ConfigError(f"{where}: expected a JSON object (one prompt and its replies), got {type(row).__name__}")
     where += f" ({row.get('id')})"
     if row.get("set") in EXTRA_SAMPLE_SETS:
         return row  # a set `sftlab evaluate-extra` added: its own scorer reads it (sftlab.extra_scores)
@@ -212,10 +222,58 @@ def _sample_row(line: str, lineno: int, systems: set) -> dict:
     missing = [k for k in _SAMPLE_KEYS[row["set"]] if k not in row]
     if missing:
         raise ConfigError(f"{where}: missing {', '.join(missing)}")
+    if not isinstance(row["replies"], dict):
+        raise ConfigError(f"{where}: replies: expected a mapping of system to reply")
     if set(row["replies"]) != systems:
         raise ConfigError(f"{where}: systems {sorted(row['replies'])} differ from metrics.json's {sorted(systems)}")
     for s, r in row["replies"].items():
-        missing = [k for k in _REPLY_KEYS if k not in r]
+        missing = [k for k in _REPLY_KEYS if not isinstance(r, dict) or k not in r]
         if missing:
             raise ConfigError(f"{where}: reply of {s} has no {', '.join(missing)}")
+        if not isinstance(r["text"], str) or not isinstance(r["stopped"], bool):
+            raise ConfigError(f"{where}: reply of {s}: expected text and stopped (true or false)")
+    prompt = row.get("prompt", [])
+    if not isinstance(prompt, list) or not all(isinstance(m, dict) and isinstance(m.get("content"), str)
+                                               for m in prompt) or (row["set"] != "heldout" and not prompt):
+        raise ConfigError(f"{where}: prompt: expected a list of messages, each with its content")
+    if row["set"] == "heldout" and not isinstance(row["reference"], str):
+        raise ConfigError(f"{where}: reference: expected the held-out reply's text")
+    if row["set"] != "heldout":
+        from .ifeval import validate_record
+
+        try:  # the checks as the prompt sets define them (sftlab.ifeval.CHECKS)
+            validate_record({"id": row["id"], "prompt": prompt[-1]["content"], "checks": row["checks"]})
+        except DataError as exc:
+            raise ConfigError(f"{where}: checks: {exc}") from None
     return row
+
+
+def _metrics_file(path: Path) -> dict:
+    """metrics.json, checked as far as `rescore` reads it: systems -> prompt set -> metrics, and lists
+    of comparisons."""
+    metrics = read_json(path, "the run's metrics")
+    systems = metrics.get("systems")
+    if not isinstance(systems, dict) or not systems or not all(
+            isinstance(parts, dict) and all(isinstance(v, dict) for v in parts.values()) for parts in systems.values()):
+        raise ConfigError(f"{path}: systems: expected a mapping of each system to its metrics by prompt set")
+    if not isinstance(metrics.get("comparisons", []), list) or not all(
+            isinstance(c, dict) for c in metrics.get("comparisons", [])):
+        raise ConfigError(f"{path}: comparisons: expected a list of paired comparisons")
+    if not isinstance(metrics.get("heldout_loss") or {}, dict):
+        raise ConfigError(f"{path}: heldout_loss: expected a mapping of system to its loss")
+    return metrics
+
+
+def _loss_rows_file(path: Path) -> dict:
+    """heldout_losses.json or plain_text_losses.json: {system: [[nats, tokens(, eot_nats, eot_tokens)], ...]}."""
+    stored = read_json(path, "per-conversation loss rows")
+    for system, rows in stored.items():
+        if not (isinstance(rows, list) and rows and all(
+                isinstance(r, list) and len(r) in (2, 4) and all(_is_count(x) for x in r) for r in rows)):
+            raise ConfigError(f"{path}: {system}: expected a list of rows of 2 or 4 numbers "
+                              "(nats, tokens, and the end-of-turn part)")
+    return stored
+
+
+def _is_count(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0

@@ -11,13 +11,11 @@ through the chat template, greedily, streaming the reply as it is written and st
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import TextIO
 
-import yaml
-
+from .config import read_json, read_run_recipe
 from .errors import ConfigError
 
 
@@ -34,8 +32,7 @@ def load_base_model(results: str | Path):
     from .chat import prepare_model, prepare_tokenizer
     from .sources import load_model
 
-    config = yaml.safe_load((_run_folder(results) / "config.yaml").read_text())
-    model_cfg = config.get("model") or {}
+    model_cfg = read_run_recipe(_run_folder(results), ("model",))["model"]
     model, tokenizer = load_model(model_cfg["base"], dtype=model_cfg.get("dtype", "float32"))
     fmt = prepare_tokenizer(tokenizer, model_cfg.get("template", "gemma"),
                             allow_new_tokens=bool(model_cfg.get("allow_new_tokens", False)))
@@ -55,18 +52,33 @@ def load_sft_model(results: str | Path):
     from peft import PeftModel
 
     path = _run_folder(results)
-    adapter = path / "adapter"
-    if not (adapter / "adapter_config.json").is_file():
-        raise ConfigError(f"{path} has no trained adapter (adapter/adapter_config.json): did the run finish?")
+    adapter_config = check_adapter(path)  # before any model loads
     model, tokenizer = load_base_model(path)
+    adapter = path / "adapter"
     try:
         merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     except (RuntimeError, ValueError, KeyError) as err:  # size mismatch, unknown modules
         raise ConfigError(f"the adapter in {adapter} does not fit the run's base model "
-                          f"({json.loads((adapter / 'adapter_config.json').read_text()).get('base_model_name_or_path')}"
-                          f"): {str(err).splitlines()[0][:300]}") from err
+                          f"({adapter_config.get('base_model_name_or_path')}): {str(err).splitlines()[0][:300]}") from err
     merged.eval()
     return merged, tokenizer
+
+
+def check_adapter(path: Path) -> dict:
+    """The run folder's adapter/adapter_config.json (a PEFT adapter's config, with its weights beside
+    it), checked before any model loads; a ConfigError names the file that is missing, empty or corrupt."""
+    adapter = path / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise ConfigError(f"{path} has no trained adapter (adapter/adapter_config.json): did the run finish?")
+    config = read_json(adapter / "adapter_config.json", "the LoRA adapter's PEFT config")
+    if not isinstance(config.get("peft_type"), str):
+        raise ConfigError(f"{adapter / 'adapter_config.json'}: peft_type: missing; not a PEFT adapter config")
+    weights = [adapter / n for n in ("adapter_model.safetensors", "adapter_model.bin") if (adapter / n).is_file()]
+    if not weights:
+        raise ConfigError(f"{adapter}: no adapter weights (adapter_model.safetensors): did the run finish?")
+    if not weights[0].stat().st_size:
+        raise ConfigError(f"{weights[0]}: file is empty (the adapter's weights)")
+    return config
 
 
 def stop_token_ids(tokenizer) -> list[int]:
