@@ -174,7 +174,10 @@ def _data_source(value: Any) -> bool:
     if value in OFFLINE_SOURCES or (value.startswith("hub:") and len(value) > 4):
         return True
     path = value[6:] if value.startswith("jsonl:") else value if value.endswith(".jsonl") else None
-    return path is not None and Path(path).is_file()
+    try:
+        return path is not None and Path(path).is_file()
+    except (OSError, ValueError):  # a name no file can have (too long, a NUL byte): not an existing file
+        return False
 
 
 _NAME = re.compile(r"[^./\\\s]([^/\\]*[^/\\\s])?")  # results/NAME/ and results/.work-NAME/
