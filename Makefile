@@ -83,6 +83,8 @@ book: install
 		echo "results/ or src/ changed since the last render: clearing Quarto's execution cache"; \
 		rm -rf .jupyter_cache; \
 	fi
+	@# the numbers the prose prints ({{< var >}}), from results/
+	$(VENV)/bin/sftlab book variables
 	@$(PY) -c "from sftlab.book.display import write_vega_bundle; write_vega_bundle('.')" || \
 		echo "could not write the charts' libraries (sftlab-vega.js); the charts will write them"
 	@Q=$$(command -v quarto 2>/dev/null || echo $(VENV)/bin/quarto); \

@@ -573,7 +573,7 @@ def train_worker(job: dict) -> dict:
         training = {**recipe_training, **run, "max_length": s["max_length"]}
         training.setdefault("train_sampling_strategy", "sequential")
         args = T.build_sft_config(training, out_dir, job["seed"])
-        trainer_cls = T._trainer_class()
+        trainer_cls = T.sft_trainer_class()
     trainer = _timed_trainer(trainer_cls)(model=model, args=args, train_dataset=dataset,
                                           processing_class=tokenizer, peft_config=lora)
     if variant["kind"] == "sftlab" and not variant.get("peft_trainable_tokens"):

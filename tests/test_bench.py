@@ -217,7 +217,7 @@ def test_padding_free_config_passes_trl_checks_and_trains_like_padded(chat_setup
     """TRL refuses padding_free with a max_length: build_sft_config drops it (encode_dataset enforced it)."""
     from tiny_models import build_tiny_model
 
-    from sftlab.train import _trainer_class
+    from sftlab.train import sft_trainer_class
 
     _, tok, fmt = chat_setup
     dataset, _ = encode_dataset(CONVS * 2, tok, max_length=200, progress=False)
@@ -230,7 +230,7 @@ def test_padding_free_config_passes_trl_checks_and_trains_like_padded(chat_setup
         prepare_model(model, tok, fmt)
         lora = build_lora_config({"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "all-linear"},
                                  tok, fmt)
-        trainer = _trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tok,
+        trainer = sft_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tok,
                                    peft_config=lora)
         trainer.train()
         losses[name] = [r["loss"] for r in trainer.state.log_history if "loss" in r]
@@ -243,7 +243,7 @@ def test_padding_free_config_passes_trl_checks_and_trains_like_padded(chat_setup
 def test_length_grouped_batches_need_no_length_column(chat_setup, tmp_path):
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from sftlab.train import _trainer_class
+    from sftlab.train import sft_trainer_class
 
     model, tok, fmt = chat_setup
     convs = [{"id": str(i), "messages": [{"role": "user", "content": "Hello there " * (1 + i % 5)},
@@ -253,7 +253,7 @@ def test_length_grouped_batches_need_no_length_column(chat_setup, tmp_path):
     args = build_sft_config({"train_sampling_strategy": "group_by_length", "per_device_train_batch_size": 4,
                              "bf16": False, "max_steps": 1, "save_strategy": "no"}, tmp_path, seed=0)
     lora = build_lora_config({"r": 4, "target_modules": "all-linear"}, tok, fmt)
-    trainer = _trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=lora)
+    trainer = sft_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=lora)
     assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
     batches = list(trainer.get_train_dataloader())
     lengths = [int(b["attention_mask"].sum(1).max()) for b in batches]

@@ -39,7 +39,7 @@ TOLERANCE = 1e-6
 
 
 def _recording(trainer_class, folder):
-    """A `sftlab.train._trainer_class` whose trainer notes every training batch's conversations (their
+    """A `sftlab.train.sft_trainer_class` whose trainer notes every training batch's conversations (their
     unpadded token ids) in folder/batches-RANK.jsonl, with the optimizer step they belong to."""
 
     def factory():
@@ -68,7 +68,7 @@ SITECUSTOMIZE = textwrap.dedent(
         sys.path.insert(0, {tests!r})
         import sftlab.train
         from test_distributed import _recording
-        sftlab.train._trainer_class = _recording(sftlab.train._trainer_class, os.environ["SFTLAB_TEST_BATCHES"])
+        sftlab.train.sft_trainer_class = _recording(sftlab.train.sft_trainer_class, os.environ["SFTLAB_TEST_BATCHES"])
     """
 )
 
@@ -120,8 +120,8 @@ def test_two_processes_train_together_and_the_main_one_writes_the_results(tmp_pa
     one_recipe = tmp_path / "one.yaml"
     one_recipe.write_text(yaml.safe_dump(one))
     (tmp_path / "one-batches").mkdir()
-    monkeypatch.setattr(sftlab.train, "_trainer_class",
-                        _recording(sftlab.train._trainer_class, tmp_path / "one-batches"))
+    monkeypatch.setattr(sftlab.train, "sft_trainer_class",
+                        _recording(sftlab.train.sft_trainer_class, tmp_path / "one-batches"))
     single = run_experiment(one_recipe, results_root=tmp_path / "one", progress=False)
 
     # Two processes: the README's command, the recipe as it is.

@@ -46,6 +46,8 @@ def project(tmp_path):
     venv.mkdir(parents=True)
     (venv / "python").symlink_to(sys.executable)
     (tmp_path / ".venv" / ".installed").touch()
+    (venv / "sftlab").write_text('#!/bin/sh\necho "sftlab $*" >> "$STUB_LOG"\n')  # writes _variables.yml
+    (venv / "sftlab").chmod(0o755)
     for folder in ("results", "src"):
         (tmp_path / folder).mkdir()
     stubs = tmp_path / "stubs"
@@ -69,7 +71,7 @@ def test_make_book_leaves_the_html_site_and_the_pdf(project):
     assert (project / "_book" / "sftlab.pdf").is_file()
     assert not (project / ".book-pdf").exists()
     calls = (project / "quarto.log").read_text().splitlines()
-    assert calls == ["render --to html", "render --to pdf --output-dir .book-pdf"]
+    assert calls == ["sftlab book variables", "render --to html", "render --to pdf --output-dir .book-pdf"]
 
 
 def test_a_failed_pdf_still_leaves_the_site_and_says_so(project):

@@ -136,6 +136,17 @@ def test_one_execution_serves_both_formats():
     assert {name: found for name, found in inline.items() if found} == {}
 
 
+@pytest.mark.parametrize("chapter", chapter_files(ROOT), ids=lambda p: p.stem)
+def test_every_cells_options_are_valid_yaml(chapter):
+    # Quarto reads a cell's `#|` lines as YAML and stops on an error; a backslash in a
+    # double-quoted caption ("$\\alpha$") is one. sftlab's own reader only skips such a cell.
+    for cell in quarto_notebook(chapter).cells:
+        lines = [line[2:] for line in cell.source.splitlines() if line.startswith("#|")] if cell.cell_type == "code" else []
+        if lines:
+            options = yaml.safe_load("\n".join(lines))
+            assert isinstance(options, dict), cell.source[:80]
+
+
 def test_html_reads_offline():
     html = quarto_config()["format"]["html"]
     assert html["html-math-method"] == "mathml"  # no MathJax from a CDN

@@ -53,14 +53,14 @@ DRIVER = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGKILL)
 
     # The run's own callbacks come from train._nonfinite_guard; add the killer beside them.
-    original = train._trainer_class
+    original = train.sft_trainer_class
     def _killing_trainer_class():
         cls = original()
         class Killing(cls):
             def __init__(self, *a, callbacks=None, **kw):
                 super().__init__(*a, callbacks=[*(callbacks or []), Kill()], **kw)
         return Killing
-    train._trainer_class = _killing_trainer_class
+    train.sft_trainer_class = _killing_trainer_class
     from sftlab.experiment import run_experiment
     run_experiment(sys.argv[1], results_root=sys.argv[2], progress=False)
     """

@@ -82,6 +82,28 @@ def _cmd_chat(args) -> int:
     return chat(args.results_dir, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
 
 
+def _cmd_inspect(args) -> int:
+    from .inspect import inspect_run
+
+    inspect_run(args.results_dir, progress=not args.quiet)
+    return 0
+
+
+def _cmd_book_variables(args) -> int:
+    from .book.variables import VARIABLES_FILE, write_variables
+
+    changed = write_variables(check=args.check)
+    if args.check:
+        if changed:
+            print(f"{VARIABLES_FILE} differs from what results/ gives: run `sftlab book variables` and commit it",
+                  file=sys.stderr)
+            return 1
+        print(f"{VARIABLES_FILE} matches results/")
+        return 0
+    print(f"{VARIABLES_FILE} {'written' if changed else 'unchanged'}")
+    return 0
+
+
 def _cmd_card(args) -> int:
     from .modelcard import write_model_card
 
@@ -206,6 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
     talk.add_argument("--prompt", help="answer this one message and exit")
     talk.add_argument("--max-new-tokens", type=int, default=256, help="longest reply in tokens (default 256)")
     talk.set_defaults(func=_cmd_chat)
+    book = sub.add_parser("book", help="the book's own files: `book variables` writes _variables.yml, the numbers "
+                                       "the chapters print, from results/")
+    book_sub = book.add_subparsers(dest="book_command", required=True)
+    book_vars = book_sub.add_parser("variables", help="write _variables.yml from results/ (--check: only compare)")
+    book_vars.add_argument("--check", action="store_true", help="exit 1 if the file differs, writing nothing")
+    book_vars.set_defaults(func=_cmd_book_variables)
+    inspect = sub.add_parser("inspect", help="measure inside a finished run's models once (attention by template "
+                                             "segment, end-of-turn probability along replies): RUN/inside.json, "
+                                             "which chapter 7 reads")
+    inspect.add_argument("results_dir", help="a finished run folder, e.g. results/default")
+    inspect.add_argument("--quiet", action="store_true", help="no progress bar")
+    inspect.set_defaults(func=_cmd_inspect)
     card = sub.add_parser("card", help="write a finished run's adapter/README.md (model card) and set the adapter's "
                                        "base model to its Hub id")
     card.add_argument("results_dir", help="a finished run folder, e.g. results/default")

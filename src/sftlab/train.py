@@ -267,7 +267,9 @@ def _through_wrapper(wrapped, inner, fn, inputs):
             inner.forward = own
 
 
-def _trainer_class():
+def sft_trainer_class():
+    """TRL's `SFTTrainer` with the project's loss (`labelled_position_loss`): what `train_lora` trains
+    with, and what chapter 5 builds by hand. A function, so TRL is imported only when training."""
     from trl import SFTTrainer
 
     class SftlabTrainer(SFTTrainer):
@@ -312,7 +314,7 @@ def train_lora(
     seed = int(config.get("seed", 0))
     lora = build_lora_config(config.get("lora") or {}, tokenizer, fmt)
     args = build_sft_config(config.get("training") or {}, work_dir / "checkpoints", seed)
-    trainer = _trainer_class()(
+    trainer = sft_trainer_class()(
         model=model,
         args=args,
         train_dataset=train_ds,

@@ -79,17 +79,11 @@ def test_a_chart_renders_to_png(results):
 # --- the explanatory charts (built, not rendered: rendering a PNG is slow) ---------------------
 
 
-def test_charts_build(tiny_model, fake_results, chat_model, gemma_tok, three_turn_conversation):
+def test_charts_build(tiny_model, fake_results):
+    # the attention charts are built in tests/book/test_attention.py, from a real inside.json
     table = lora.lora_parameter_table(tiny_model, ranks=(4, 8))
     charts.chart_lora_parameters(table, highlight=(8, "attention q,v")).to_dict()
     charts.chart_lora_norms(lora.lora_norms_frame(fake_results)).to_dict()
-    shares = attention.attention_to_segments(chat_model, gemma_tok, three_turn_conversation)
-    charts.chart_attention_segments(pd.concat([shares.assign(model="base"), shares.assign(model="SFT")])).to_dict()
-    matrix = attention.attention_matrix(chat_model, gemma_tok, three_turn_conversation, layer=0, max_rows=4)
-    charts.chart_attention_matrix(matrix, title="layer 0").to_dict()
-    diff = attention.attention_difference(matrix, matrix)
-    assert (diff["weight"] == 0).all() and len(diff) == len(matrix)
-    charts.chart_attention_matrix(diff, difference=True).to_dict()
 
 
 def test_one_chart_renders_to_png(tiny_model):

@@ -16,7 +16,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from .attention import SEGMENT_COLOURS, SEGMENTS
+from .attention import SEGMENTS
 from .catalog import METRIC_SETS, SET_LABELS, SYSTEM_COLORS, SYSTEM_LABELS, SYSTEMS, label
 from .lora import MODULE_ORDER
 from .results import Results, metric_entry
@@ -351,56 +351,64 @@ def chart_lora_norms(frame):
     ).properties(width=320, height=360, title="Relative size of the LoRA update")
 
 
-def chart_attention_segments(frame):
-    """Attention share per segment against layer, base vs SFT, one panel per segment
-    (each panel with its own y scale, so small segments stay readable)."""
+def chart_attention_segments(frame, title: str = "Where reply tokens look, layer by layer"):
+    """Attention share per segment against layer, base vs SFT, one panel per segment in two columns
+    (each panel with its own y scale, so small segments stay readable). `frame`: model, layer,
+    segment, share (`attention.layer_profile`)."""
     import altair as alt
 
     order = [s for s in SEGMENTS if s in set(frame["segment"])]
     return alt.Chart(frame).mark_line(point=alt.OverlayMarkDef(size=20)).encode(
         x=alt.X("layer:Q", title="layer", scale=alt.Scale(nice=False)),
-        y=alt.Y("share:Q", title="share of reply-token attention"),
-        color=alt.Color("model:N", title="model", sort=["base", "SFT"]),
+        y=alt.Y("share:Q", title="share of attention"),
+        color=alt.Color("model:N", title="model", sort=["base", "SFT"], legend=alt.Legend(orient="bottom")),
         tooltip=["model", "layer", "segment", alt.Tooltip("share:Q", format=".3f")],
-    ).properties(width=130, height=150).facet(
-        facet=alt.Facet("segment:N", sort=order, title=None), columns=len(order)
-    ).resolve_scale(y="independent").properties(title="Where reply tokens look, layer by layer")
+    ).properties(width=250, height=130).facet(
+        facet=alt.Facet("segment:N", sort=order, title=None), columns=2
+    ).resolve_scale(y="independent").properties(title=title)
 
 
-def chart_attention_matrix(frame, title: str = "", difference: bool = False):
-    """Heatmap of one layer's attention (reply rows x earlier positions), with a top row
-    colouring each column by segment. Inline data (`alt.Data`) so a few thousand cells are fine.
-
-    Weights use a fixed 0..1 square-root scale, so two models' maps compare directly;
-    `difference=True` draws an `attention_difference` frame on a diverging scale instead.
-    """
+def chart_end_of_turn(frame):
+    """The probability of <end_of_turn> as the next token along the reply (`attention.eot_frame`): the
+    median over conversations per stretch of the reply, base and SFT, on a log scale, each
+    conversation's own line faint behind it; the last point is where the reply really ends."""
     import altair as alt
 
-    # Segments as the last reply row sees them: every column up to it, once; drawn as row -1.
-    cols = frame[frame["query"] == frame["query"].max()][["key", "key_token", "key_segment"]]
-    strip_rows = [{"query": -1, "key": int(k), "key_token": t, "segment": g}
-                  for k, t, g in zip(cols["key"], cols["key_token"], cols["key_segment"])]
-    order = [s for s in SEGMENTS if s in {r["segment"] for r in strip_rows}]
-    x = alt.X("key:O", title="position attended to (key)", axis=alt.Axis(labels=False, ticks=False))
-    y = alt.Y("query:O", title="reply token (query); top row: segment", axis=alt.Axis(labels=False, ticks=False))
-    strip = alt.Chart(alt.Data(values=strip_rows)).mark_rect().encode(
-        x=x, y=y,
-        color=alt.Color("segment:N", sort=order, title="column segment",
-                        scale=alt.Scale(domain=order, range=[SEGMENT_COLOURS[s] for s in order])),
-        tooltip=["key:O", "key_token:N", "segment:N"],
-    )
-    heat = alt.Chart(alt.Data(values=frame.to_dict(orient="records"))).mark_rect().encode(
-        x=x, y=y,
-        color=(
-            alt.Color("weight:Q", title="SFT − base",
-                      scale=alt.Scale(scheme="redblue", reverse=True, domainMid=0,
-                                      domain=[-float(frame["weight"].abs().max() or 1), float(frame["weight"].abs().max() or 1)]))
-            if difference
-            else alt.Color("weight:Q", scale=alt.Scale(type="sqrt", scheme="greys", domain=[0, 1]), title="attention")
-        ),
-        tooltip=["query_token:N", "key_token:N", "key_segment:N", alt.Tooltip("weight:Q", format=".3f")],
-    )
-    return alt.layer(strip, heat).resolve_scale(color="independent").properties(width=520, height=280, title=title)
+    order = list(dict.fromkeys(frame.sort_values("bin")["where"]))
+    x = alt.X("where:N", sort=order, title="position in the reply (share of its tokens), then its real end",
+              axis=alt.Axis(labelAngle=-30))
+    y = alt.Y("p:Q", scale=alt.Scale(type="log"), title="P(<end_of_turn> next)")
+    colour = alt.Color("model:N", sort=["base", "SFT"], title="model", legend=alt.Legend(orient="bottom"))
+    faint = alt.Chart(frame).mark_line(opacity=0.12, strokeWidth=1).encode(x=x, y=y, color=colour, detail="conversation:N")
+    median = alt.Chart(frame).mark_line(point=True, strokeWidth=3).encode(
+        x=x, y=alt.Y("median(p):Q", scale=alt.Scale(type="log")), color=colour,
+        tooltip=["model", "where", alt.Tooltip("median(p):Q", format=".2g", title="median")])
+    return alt.layer(faint, median).properties(width=WIDTH - 120, height=240)
+
+
+def chart_marker_heatmap(frame, title: str = "", difference: bool = False):
+    """The example's first reply tokens (rows, labelled) against `<bos>`, each turn-marker token and
+    the summed user text and reply so far (columns, labelled): `attention.example_frame`. Weights on a
+    fixed 0..1 square-root scale so two models' maps compare directly; `difference=True` draws
+    SFT - base on a diverging scale. The numbers are printed in the cells, for the PDF."""
+    import altair as alt
+
+    rows = list(dict.fromkeys(frame.sort_values("row_order")["row"]))
+    cols = list(dict.fromkeys(frame.sort_values("column_order")["column"]))
+    x = alt.X("column:N", sort=cols, title=None, axis=alt.Axis(labelAngle=-40, labelLimit=120))
+    y = alt.Y("row:N", sort=rows, title="reply token", axis=alt.Axis(labelLimit=140))
+    top = float(frame["weight"].abs().max() or 1)
+    colour = (alt.Color("weight:Q", title="SFT - base", scale=alt.Scale(scheme="redblue", reverse=True,
+                                                                      domain=[-top, top], domainMid=0))
+              if difference else
+              alt.Color("weight:Q", title="attention", scale=alt.Scale(type="sqrt", scheme="greys", domain=[0, 1])))
+    heat = alt.Chart(frame).mark_rect().encode(x=x, y=y, color=colour,
+                                               tooltip=["row", "column", alt.Tooltip("weight:Q", format=".3f")])
+    text = alt.Chart(frame).mark_text(fontSize=8).encode(
+        x=x, y=y, text=alt.Text("weight:Q", format="+.2f" if difference else ".2f"),
+        color=alt.condition(f"abs(datum.weight) > {0.5 * top:.4f}", alt.value("white"), alt.value("black")))
+    width = min(WIDTH - 200, 34 * len(cols))
+    return alt.layer(heat, text).properties(width=width, height=alt.Step(18), title=title)
 
 
 CATEGORY_COLORS = {  # answer blue, canned orange, failures grey-red

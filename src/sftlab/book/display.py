@@ -16,7 +16,7 @@ import html as _html
 import numbers
 from functools import lru_cache
 
-from .formatting import fmt_cell, md_escape
+from .formatting import fmt_cell, md_escape, pdf_safe_markdown
 
 
 
@@ -191,8 +191,11 @@ def show_table(frame, index: bool = True, *, digits: int = 2, digits_by_column: 
         head = cells.head(pdf_max_rows).to_html(index=False, escape=True, border=0, classes="table table-sm")
         html = (f"{head}<details><summary>Show all {len(cells):,} rows</summary>{html}</details>")
     # The Markdown is what the PDF prints: let LaTeX break long identifiers after an underscore
-    # (train_sampling_strategy next to group_by_length would otherwise run into each other).
+    # (train_sampling_strategy next to group_by_length would otherwise run into each other), and
+    # after a slash in the header row ("loss (nats/token)" ran into the next column's header).
     markdown = markdown_table(frame, index, digits, digits_by_column).replace("\\_", "\\_\\allowbreak{}")
+    header, _, rest = markdown.partition("\n")
+    markdown = header.replace("/", "/\\allowbreak{}") + "\n" + rest
     if pdf_max_rows is not None and len(frame) > pdf_max_rows:
         lines = markdown.split("\n")
         hidden = len(frame) - pdf_max_rows
@@ -202,14 +205,15 @@ def show_table(frame, index: bool = True, *, digits: int = 2, digits_by_column: 
 
 
 def show_markdown(text: str) -> None:
-    """Display generated Markdown (a sentence with numbers in it) in every output format."""
+    """Display generated Markdown (a sentence with numbers in it) in every output format; symbols
+    the PDF's fonts lack go as math or a placeholder (`pdf_safe_markdown`)."""
     from IPython.display import Markdown, display
 
-    display(Markdown(text))
+    display(Markdown(pdf_safe_markdown(text)))
 
 
 def show_facts(facts: list[str]) -> None:
     """Display computed sentences as a Markdown bullet list."""
     from IPython.display import Markdown, display
 
-    display(Markdown("\n".join(f"- {f}" for f in facts)))
+    display(Markdown(pdf_safe_markdown("\n".join(f"- {f}" for f in facts))))

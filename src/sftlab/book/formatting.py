@@ -189,3 +189,31 @@ def fmt_setting(value) -> str:
     """A recipe value in prose: `0.05` in code style, or "not set" for a missing or null key."""
     return "not set" if value is None else f"`{value}`"
 
+
+
+_CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.S)
+
+
+def pdf_safe_markdown(text: str) -> str:
+    """Markdown that prints in the PDF as it reads in HTML: outside code spans, the `PDF_SYMBOLS` as
+    math and runs of other scripts as a counted placeholder; inside code spans (which cannot hold
+    math) a newline arrow as `\\n` and other unprintable characters as the same placeholder.
+
+    >>> print(pdf_safe_markdown("a → b, `x↵y`, 天气"))
+    a $\\rightarrow$ b, `x\\ny`, *[2 characters in another script]*
+    """
+    out, pos = [], 0
+    for match in _CODE_SPAN.finditer(text):
+        out.append(_safe_prose(text[pos:match.start()]))
+        code = match.group(2).replace("↵", "\\n").replace("⏎", "\\n")
+        code = "".join(PDF_SYMBOLS[c] if c in PDF_SYMBOLS and not PDF_SYMBOLS[c].startswith("\\") else c for c in code)
+        code = _UNSUPPORTED_RUN.sub(lambda m: f"[{_another_script(m.group())}]", code)
+        out.append(f"{match.group(1)}{code}{match.group(1)}")
+        pos = match.end()
+    out.append(_safe_prose(text[pos:]))
+    return "".join(out)
+
+
+def _safe_prose(text: str) -> str:
+    text = "".join(_md_symbol(c) for c in text)
+    return _UNSUPPORTED_RUN.sub(lambda m: f"*[{_another_script(m.group())}]*", text)

@@ -1,0 +1,114 @@
+"""The claims the book's prose makes about the numbers, each checked against the results.
+
+The prose is written by hand, so a sentence such as "SFT raised the probability of
+`<end_of_turn>` where the reply ends, and kept it low before" could outlive the numbers that
+made it true. Each such sentence carries a marker, `<!-- claim: NAME -->` (an HTML comment:
+invisible in the book), and `CLAIMS[NAME]` is a function of the project root that says whether
+it holds for the committed results. tests/book/test_claims.py fails when a marked claim does not
+hold, when a marker names no claim, or when a claim is marked nowhere, so a re-run that breaks
+a sentence fails a test instead of printing it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable
+
+CLAIM_MARK = re.compile(r"<!--\s*claim:\s*([\w-]+)\s*-->")
+
+
+def _inside(root: Path) -> dict:
+    from .attention import load_inside
+    from .results import load_results
+
+    return load_inside(load_results("default", root=root, check=False))
+
+
+def _shift(root: Path, which: str, segment: str):
+    from .attention import segment_shift
+
+    frame = segment_shift(_inside(root), which)
+    return frame.set_index("segment").loc[segment]
+
+
+def eot_learned_where_replies_end(root: Path) -> bool:
+    """SFT's median P(<end_of_turn>) where the reply ends is above one half and at least 100x the base
+    model's, while before the end it stays below 0.05: it learned *where* to stop."""
+    from .attention import eot_summary
+
+    s = eot_summary(_inside(root))
+    return s["SFT"]["end"] > 0.5 and s["SFT"]["end"] >= 100 * s["base"]["end"] and s["SFT"]["before"] < 0.05
+
+
+def base_never_expects_the_end(root: Path) -> bool:
+    """The base model's median P(<end_of_turn>) where the reply ends is below 0.01."""
+    from .attention import eot_summary
+
+    return eot_summary(_inside(root))["base"]["end"] < 0.01
+
+
+def first_tokens_turn_from_markers_to_request(root: Path) -> bool:
+    """After SFT the first reply tokens pay less attention to the turn markers and more to the user's
+    text (both paired intervals exclude zero)."""
+    return bool(_shift(root, "first", "turn markers")["hi"] < 0 and _shift(root, "first", "user text")["lo"] > 0)
+
+
+def attention_shift_is_small(root: Path) -> bool:
+    """Over every reply token, no segment's share moves by more than 5 percentage points."""
+    from .attention import segment_shift
+
+    frame = segment_shift(_inside(root), "all")
+    return bool(frame["difference"].abs().max() < 0.05)
+
+
+def _metrics(root: Path) -> dict:
+    from .results import load_results
+
+    return load_results("default", root=root, check=False).metrics
+
+
+def base_replies_never_stop(root: Path) -> bool:
+    """The base model, with the template, ends none of its held-out replies itself."""
+    return _metrics(root)["systems"]["base_chat"]["heldout"]["stop_rate"]["value"] == 0
+
+
+def late_mlps_change_most(root: Path) -> bool:
+    """The largest relative LoRA update is in an MLP projection of the last third of the layers, the
+    MLPs' mean relative update exceeds the attention projections', and every update is below 10%."""
+    from .lora import lora_norms_frame
+    from .results import load_results
+
+    norms = lora_norms_frame(load_results("default", root=root, check=False).path)
+    top = norms.loc[norms["relative_norm"].idxmax()]
+    layers = int(norms["layer"].max()) + 1
+    by_kind = norms.groupby("kind")["relative_norm"].mean()
+    return (top["kind"] == "MLP" and top["layer"] >= layers - layers // 3
+            and by_kind["MLP"] > by_kind["attention"] and norms["relative_norm"].max() < 0.1)
+
+
+def late_ends_are_not_the_long_replies(root: Path) -> bool:
+    """The references where the SFT model gives the end at most one half are not longer: their median
+    length is within 30% of the others'."""
+    from .attention import eot_by_reference_length
+    from .results import load_results
+
+    split = eot_by_reference_length(_inside(root), load_results("default", root=root, check=False))
+    low, high = split["median_chars_below"], split["median_chars_above"]
+    return low is not None and high is not None and abs(low - high) <= 0.3 * high
+
+
+CLAIMS: dict[str, Callable[[Path], bool]] = {
+    "late-ends-are-not-the-long-replies": late_ends_are_not_the_long_replies,
+    "base-replies-never-stop": base_replies_never_stop,
+    "late-mlps-change-most": late_mlps_change_most,
+    "eot-learned-where-replies-end": eot_learned_where_replies_end,
+    "base-never-expects-the-end": base_never_expects_the_end,
+    "first-tokens-turn-from-markers-to-request": first_tokens_turn_from_markers_to_request,
+    "attention-shift-is-small": attention_shift_is_small,
+}
+
+
+def marked_claims(text: str) -> list[str]:
+    """The claim names marked in a chapter's text, in order."""
+    return CLAIM_MARK.findall(text)

@@ -1,0 +1,37 @@
+"""The book's numbers and claims, held to the committed results: `_variables.yml` is what the
+results give, every `{{< var >}}` a chapter prints exists, and every claim a chapter marks
+(`<!-- claim: NAME -->`) holds (sftlab.book.variables, sftlab.book.claims)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sftlab.book.claims import CLAIMS, marked_claims
+from sftlab.book.variables import VARIABLES_FILE, missing_variables, read_variables, render_variables, book_variables
+from sftlab.notebooks import chapter_files
+
+ROOT = Path(__file__).resolve().parents[2]
+CHAPTERS = chapter_files(ROOT)
+
+
+def test_the_committed_variables_are_what_the_committed_results_give():
+    committed = (ROOT / VARIABLES_FILE).read_text(encoding="utf-8")
+    assert committed == render_variables(book_variables(ROOT)), "run `sftlab book variables` and commit it"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_every_number_a_chapter_prints_is_a_variable(chapter):
+    assert missing_variables(chapter.read_text(encoding="utf-8"), read_variables(ROOT)) == []
+
+
+@pytest.mark.parametrize("name", sorted(CLAIMS))
+def test_every_claim_holds_for_the_committed_results(name):
+    assert CLAIMS[name](ROOT), f"the book says {name!r}, and the committed results no longer support it"
+
+
+def test_every_marked_claim_exists_and_every_claim_is_marked():
+    marked = [name for chapter in CHAPTERS for name in marked_claims(chapter.read_text(encoding="utf-8"))]
+    assert sorted(set(marked) - set(CLAIMS)) == []
+    assert sorted(set(CLAIMS) - set(marked)) == []
