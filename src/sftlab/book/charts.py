@@ -377,7 +377,7 @@ def chart_end_of_turn(frame):
     order = list(dict.fromkeys(frame.sort_values("bin")["where"]))
     x = alt.X("where:N", sort=order, title="position in the reply (share of its tokens), then its real end",
               axis=alt.Axis(labelAngle=-30))
-    y = alt.Y("p:Q", scale=alt.Scale(type="log"), title="P(<end_of_turn> next)")
+    y = alt.Y("p:Q", scale=alt.Scale(type="log"), title="P(<end_of_turn> next)", axis=alt.Axis(format=".0e"))
     colour = alt.Color("model:N", sort=["base", "SFT"], title="model", legend=alt.Legend(orient="bottom"))
     faint = alt.Chart(frame).mark_line(opacity=0.12, strokeWidth=1).encode(x=x, y=y, color=colour, detail="conversation:N")
     median = alt.Chart(frame).mark_line(point=True, strokeWidth=3).encode(

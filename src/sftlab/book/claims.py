@@ -98,7 +98,40 @@ def late_ends_are_not_the_long_replies(root: Path) -> bool:
     return low is not None and high is not None and abs(low - high) <= 0.3 * high
 
 
+def _log(root: Path) -> list[dict]:
+    import json
+
+    from .results import load_results
+
+    path = load_results("default", root=root, check=False).path / "train_log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def second_epoch_fits_training_not_heldout(root: Path) -> bool:
+    """The lowest held-out loss of the run is at or before the end of the first epoch, the last is
+    no lower than it, and the last epoch's mean training loss is at least 0.3 nats below the first's."""
+    log = _log(root)
+    evals = [e for e in log if "eval_loss" in e]
+    steps = [e for e in log if "loss" in e]
+    best = min(evals, key=lambda e: e["eval_loss"])
+    first = [e["loss"] for e in steps if e["epoch"] <= 1]
+    last = [e["loss"] for e in steps if e["epoch"] > max(1, max(e["epoch"] for e in steps) - 1)]
+    return (best["epoch"] <= 1.02 and evals[-1]["eval_loss"] >= best["eval_loss"]
+            and sum(first) / len(first) - sum(last) / len(last) >= 0.3)
+
+
+def eot_dominates_the_loss_drop(root: Path) -> bool:
+    """The end-of-turn tokens are under 5% of the held-out reply tokens and over half of the drop in total loss."""
+    loss = _metrics(root)["heldout_loss"]
+    base, sft = loss["base_chat"], loss["sft"]
+    drop = (base["content_nll"]["nats"] + base["eot_nll"]["nats"]) - (sft["content_nll"]["nats"] + sft["eot_nll"]["nats"])
+    return (base["eot_nll"]["n_tokens"] / base["n_tokens"] < 0.05
+            and (base["eot_nll"]["nats"] - sft["eot_nll"]["nats"]) / drop > 0.5)
+
+
 CLAIMS: dict[str, Callable[[Path], bool]] = {
+    "second-epoch-fits-training-not-heldout": second_epoch_fits_training_not_heldout,
+    "eot-dominates-the-loss-drop": eot_dominates_the_loss_drop,
     "late-ends-are-not-the-long-replies": late_ends_are_not_the_long_replies,
     "base-replies-never-stop": base_replies_never_stop,
     "late-mlps-change-most": late_mlps_change_most,

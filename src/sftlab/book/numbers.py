@@ -88,6 +88,106 @@ def inside_numbers(root: Path) -> dict | None:
     return out
 
 
+def _comparison(results, a: str, b: str, metric: str, set: str) -> dict | None:
+    return next((c for c in results.metrics.get("comparisons", [])
+                 if (c["a"], c["b"], c["metric"], c["set"]) == (a, b, metric, set)), None)
+
+
+def nats(x: float, digits: int = 2) -> str:
+    return f"{x:.{digits}f}"
+
+
+def nats_ci(entry: dict, digits: int = 2) -> str:
+    """{"value": 1.717, "ci": [1.63, 1.80]} (or mean_nll/ci) -> "1.72 [1.63, 1.80]"."""
+    value = entry.get("value", entry.get("mean_nll"))
+    lo, hi = entry["ci"]
+    return f"{value:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def diff_ci(c: dict, digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
+    """A paired difference with its interval: "-0.47 [-0.56, -0.40]"; rates with scale=100, unit=" pp"."""
+    d, (lo, hi) = c["difference"] * scale, (v * scale for v in c["ci"])
+    return f"{d:+.{digits}f}{unit} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def training_numbers(root: Path) -> dict:
+    """Chapter 5: the run's configuration, its training log and its held-out loss."""
+    import json
+
+    results = _default(root)
+    run, tr = results.run, results.run.get("training") or {}
+    log = [json.loads(line) for line in (results.path / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    steps = [e for e in log if "loss" in e]
+    evals = [e for e in log if "eval_loss" in e]
+    per_epoch = {}
+    for e in steps:
+        per_epoch.setdefault(min(int(e["epoch"] - 1e-9), int(tr.get("epochs", 1)) - 1), []).append(e["loss"])
+    loss = results.metrics["heldout_loss"]
+    base, sft = loss["base_chat"], loss["sft"]
+    total = lambda x: x["content_nll"]["nats"] + x["eot_nll"]["nats"]
+    drop = total(base) - total(sft)
+    eot_drop = base["eot_nll"]["nats"] - sft["eot_nll"]["nats"]
+    best = min(evals, key=lambda e: e["eval_loss"]) if evals else None
+    out = {
+        "trainable": f"{tr['trainable_params'] / 1e6:.2f} M", "total": f"{tr['total_params'] / 1e6:.1f} M",
+        "trainable_share": f"{100 * tr['trainable_params'] / tr['total_params']:.2f}%",
+        "conversations": f"{tr['train_conversations']:,}", "epochs": f"{tr['epochs']:g}",
+        "steps": str(tr["global_steps"]), "batch": str(tr["global_batch_size"]),
+        "assistant_tokens": f"{tr['train_assistant_tokens_per_epoch']:,}",
+        "tokens_per_second": f"{tr['tokens_per_second']:.0f}",
+        "train_minutes": f"{run['timings_s']['train_s'] / 60:.0f}", "run_minutes": f"{run['wall_s'] / 60:.0f}",
+        "cpu_kind": str((run.get("hardware") or {}).get("cpu_kind")), "bf16": "on" if tr.get("bf16") else "off",
+        "first_loss": nats(steps[0]["loss"]), "first_lr": f"{steps[0]['learning_rate']:g}",
+        "epoch1_loss": nats(sum(per_epoch[0]) / len(per_epoch[0])),
+        "last_epoch_loss": nats(sum(per_epoch[max(per_epoch)]) / len(per_epoch[max(per_epoch)])),
+        "heldout_base": nats_ci(base), "heldout_sft": nats_ci(sft),
+        "heldout_change": diff_ci(_comparison(results, "sft", "base_chat", "mean_nll", "loss")),
+        "content_base": nats_ci(base["content_nll"]), "content_sft": nats_ci(sft["content_nll"]),
+        "content_change": diff_ci(_comparison(results, "sft", "base_chat", "content_nll", "loss")),
+        "eot_base": nats_ci(base["eot_nll"], 1), "eot_sft": nats_ci(sft["eot_nll"], 1),
+        "eot_tokens": f"{base['eot_nll']['n_tokens']:,}", "heldout_tokens": f"{base['n_tokens']:,}",
+        "eot_token_share": pct(base["eot_nll"]["n_tokens"] / base["n_tokens"], 0),
+        "eot_drop_share": pct(eot_drop / drop, 0),
+    }
+    if evals:
+        out.update({"eval_first": nats(evals[0]["eval_loss"]), "eval_first_step": str(evals[0]["step"]),
+                    "eval_best": nats(best["eval_loss"]), "eval_best_step": str(best["step"]),
+                    "eval_best_epoch": f"{best['epoch']:.0f}", "eval_last": nats(evals[-1]["eval_loss"])})
+    return out
+
+
+def data_numbers(root: Path) -> dict:
+    """Chapter 3: what the data report says the run read, kept and trained on."""
+    results = _default(root)
+    d, tr = results.data_report, results.run.get("training") or {}
+    rejected, skipped = d.get("rejected") or {}, d.get("skipped") or {}
+    lengths = d.get("token_lengths") or {}
+    mix = d.get("instructions") or {}
+    n = lambda x: f"{x:,}"
+    out = {
+        "read": n(d["n_read"]), "valid": n(d["n_loaded"]), "skipped": n(sum(skipped.values())),
+        "first_not_user": n(skipped.get("first_not_user", 0)),
+        "kept": n(d["n_kept"]), "kept_share_of_valid": pct(d["n_kept"] / d["n_loaded"], 0),
+        "train": n(d["n_train"]), "heldout": n(d["n_eval"]),
+        "too_long": n(rejected.get("too_many_tokens", 0)), "too_many_turns": n(rejected.get("too_many_turns", 0)),
+        "too_long_share": pct(rejected.get("too_many_tokens", 0) / d["n_filter_input"], 0),
+        "short_prompt": n(rejected.get("prompt_too_short", 0)), "needs_context": n(rejected.get("prompt_needs_context", 0)),
+        "duplicates": n(rejected.get("duplicate_prompt", 0) + rejected.get("duplicate_conversation", 0)),
+        "not_english": n(rejected.get("not_english", 0)),
+        "max_tokens": n((results.config.get("data") or {}).get("max_tokens") or 0),
+        "median_tokens": n(round(lengths.get("median", 0))) if lengths.get("median") is not None else "n/a",
+        "trained": n(tr.get("train_conversations", d["n_train"])),
+        "encoding_skipped": n(sum(sum(v.values()) for v in (d.get("encoding_skipped") or {}).values())),
+    }
+    if mix:
+        out.update({"instruction_examples": n(mix["n_replaced"]), "instruction_types": n(len(mix["per_type"])),
+                    "instruction_share": pct(mix["n_replaced"] / mix["n_conversations"], 0),
+                    "instruction_failed": n(sum(mix.get("skipped", {}).values()))})
+    return out
+
+
 GROUPS = {
+    "data": data_numbers,
+    "training": training_numbers,
     "inside": inside_numbers,
 }
