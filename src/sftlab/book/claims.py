@@ -129,7 +129,71 @@ def eot_dominates_the_loss_drop(root: Path) -> bool:
             and (base["eot_nll"]["nats"] - sft["eot_nll"]["nats"]) / drop > 0.5)
 
 
+def _failures(root: Path):
+    from ..failures import failure_table
+    from .results import load_results, samples
+
+    results = load_results("default", root=root, check=False)
+    return results, samples(results, "ifeval"), failure_table(samples(results, "ifeval"))
+
+
+def failing_types_were_trained(root: Path) -> bool:
+    """Every check type the SFT model never passes had at least 20 training examples."""
+    from ..failures import trained_examples
+
+    results, _, table = _failures(root)
+    per_type = results.data_report["instructions"]["per_type"]
+    never = [k for k, e in table.items() if e["passed"] == 0]
+    return bool(never) and all(trained_examples(per_type, k) >= 20 for k in never)
+
+
+def bullets_become_numbered_lists(root: Path) -> bool:
+    """Most failed bullet counts are numbered lists, most of those with the asked number of items, and
+    the SFT model writes numbered lists on the IFEval-style prompts at least twice as often as SmolLM2."""
+    from ..failures import numbered_lines
+
+    _, ifeval, table = _failures(root)
+    bullets = table["bullet_count"]
+    failed = bullets["checks"] - bullets["passed"]
+    numbered = bullets["kinds"].get("numbered list instead", 0)
+    count = lambda s: sum(numbered_lines(r["replies"][s]["text"]) >= 2 for r in ifeval)
+    return numbered > failed / 2 and bullets["numbered_right_count"] > numbered / 2 and count("sft") >= 2 * count("reference")
+
+
+def case_is_ignored(root: Path) -> bool:
+    """Most failed letter-case checks are replies in ordinary case."""
+    _, _, table = _failures(root)
+    kinds = [table[k] for k in ("all_lowercase", "all_uppercase") if k in table]
+    failed = sum(e["checks"] - e["passed"] for e in kinds)
+    return failed > 0 and sum(e["kinds"].get("ordinary case", 0) for e in kinds) > failed / 2
+
+
+def quotes_are_overused(root: Path) -> bool:
+    """The SFT model wraps more IFEval-style replies in quotes than there are prompts asking for quotes,
+    and more than SmolLM2 does."""
+    from ..failures import wrapped_in_quotes
+
+    _, ifeval, _ = _failures(root)
+    quoted = lambda s: sum(wrapped_in_quotes(r["replies"][s]["text"]) for r in ifeval)
+    asked = sum(any(c["type"] == "quotation" for c in r["checks"]) for r in ifeval)
+    return quoted("sft") > asked and quoted("sft") > quoted("reference")
+
+
+def endings_asked_are_not_the_trained_closers(root: Path) -> bool:
+    """No ending phrase the evaluation asks for is one of the closers the training examples end with."""
+    from ..data.instructions import VALUES
+
+    _, ifeval, _ = _failures(root)
+    asked = {c["phrase"].lower() for r in ifeval for c in r["checks"] if c["type"] == "ends_with"}
+    return bool(asked) and not asked & {c.lower() for c in VALUES["closers"]}
+
+
 CLAIMS: dict[str, Callable[[Path], bool]] = {
+    "failing-types-were-trained": failing_types_were_trained,
+    "bullets-become-numbered-lists": bullets_become_numbered_lists,
+    "case-is-ignored": case_is_ignored,
+    "quotes-are-overused": quotes_are_overused,
+    "endings-asked-are-not-the-trained-closers": endings_asked_are_not_the_trained_closers,
     "second-epoch-fits-training-not-heldout": second_epoch_fits_training_not_heldout,
     "eot-dominates-the-loss-drop": eot_dominates_the_loss_drop,
     "late-ends-are-not-the-long-replies": late_ends_are_not_the_long_replies,

@@ -186,8 +186,47 @@ def data_numbers(root: Path) -> dict:
     return out
 
 
+def failures_numbers(root: Path) -> dict:
+    """Chapter 6's failure analysis: what the trained model writes instead, on the instruction types
+    it never passes, and the habits behind it (sftlab.failures, on samples.jsonl)."""
+    from ..data.instructions import VALUES
+    from ..failures import failure_table, numbered_lines, trained_examples, wrapped_in_quotes
+    from .results import samples
+
+    results = _default(root)
+    ifeval = samples(results, "ifeval")
+    per_type = ((results.data_report or {}).get("instructions") or {}).get("per_type") or {}
+    table = failure_table(ifeval)
+    out = {}
+    for kind, entry in table.items():
+        key = kind
+        out[f"{key}_passed"] = f"{entry['passed']} of {entry['checks']}"
+        out[f"{key}_checks"] = str(entry["checks"])
+        out[f"{key}_trained"] = str(trained_examples(per_type, kind))
+        for why, n in entry["kinds"].items():
+            out[f"{key}_{why.replace(' ', '_')}"] = str(n)
+        out[f"{key}_numbered_right_count"] = str(entry["numbered_right_count"])
+    never = sorted(k for k, e in table.items() if e["passed"] == 0)
+    out["never_passed"] = ", ".join(f"`{k}`" for k in never)
+    out["never_passed_n"] = str(len(never))
+    for system in ("sft", "reference", "base_chat"):
+        replies = [r["replies"][system]["text"] for r in ifeval if system in r["replies"]]
+        out[f"quoted_{system}"] = f"{sum(map(wrapped_in_quotes, replies))} of {len(replies)}"
+        out[f"numbered_{system}"] = f"{sum(numbered_lines(t) >= 2 for t in replies)} of {len(replies)}"
+    out["quotation_prompts"] = str(sum(any(c["type"] == "quotation" for c in r["checks"]) for r in ifeval))
+    out["quotation_trained"] = str(trained_examples(per_type, "quotation"))
+    out["closers_n"] = str(len(VALUES["closers"]))
+    out["closers"] = ", ".join(f'"{c}"' for c in VALUES["closers"][:3])
+    for set_ in ("heldout", "ifeval"):
+        for system in ("sft", "reference"):
+            cats = results.metrics["systems"][system][set_].get("categories") or {}
+            out[f"loops_{set_}_{system}"] = f"{cats.get('loop', 0)} of {sum(cats.values())}"
+    return out
+
+
 GROUPS = {
     "data": data_numbers,
     "training": training_numbers,
     "inside": inside_numbers,
+    "failures": failures_numbers,
 }

@@ -442,3 +442,21 @@ def run_comparison_table(rows: list[dict], a_label: str, b_label: str) -> pd.Dat
         })
     return pd.DataFrame(out, columns=["prompt set", "metric", f"{a_label} − {b_label} [95% CI]",
                                       "prompts: higher / lower", "reading"])
+
+
+def failure_kinds_table(results: Results, system: str = "sft", only_failing: bool = True) -> pd.DataFrame:
+    """Per IFEval-style check type (those the system never passes, with `only_failing`): how many
+    training examples taught it, how often it passed, and what the failed replies did instead
+    (sftlab.failures' rules)."""
+    from ..failures import failure_table, trained_examples
+    from .results import samples
+
+    per_type = ((results.data_report or {}).get("instructions") or {}).get("per_type") or {}
+    rows = []
+    for kind, entry in sorted(failure_table(samples(results, "ifeval"), system).items()):
+        if only_failing and entry["passed"]:
+            continue
+        rows.append({"check": kind, "training examples": trained_examples(per_type, kind),
+                     "passed": f"{entry['passed']} of {entry['checks']}",
+                     "what the reply did instead": ", ".join(f"{why} ({n})" for why, n in entry["kinds"].most_common())})
+    return pd.DataFrame(rows, columns=["check", "training examples", "passed", "what the reply did instead"])
