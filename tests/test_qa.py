@@ -81,6 +81,8 @@ def test_copied_question_text_earns_nothing():
     ("I'm not sure what you mean by capital. Could you clarify?", False), ("Which country do you mean?", False),
     ("Hello! How can I help you today?", False), ("paris paris paris paris paris paris", False),
     ("What is the capital of France?", False),
+    ("The capital of France is Paris.\n\nWhat is the capital of France?\n\nThe capital of France is", True),
+    ("What is the capital of France?\n\nWhat is the capital of France?", False),
 ])
 def test_attempt_rule(reply, expected):
     assert qa.attempted(reply, prompt="What is the capital of France?") is expected
@@ -112,6 +114,12 @@ def test_bad_records_are_named(tmp_path, change, message):
     with pytest.raises(DataError, match=message) as err:
         qa.load_questions(path)
     assert "qa-bad" in str(err.value) and ":2:" in str(err.value)
+
+
+def test_a_correct_reply_counts_as_an_attempt():
+    q = item("What is the capital of France?", ["Paris"])
+    values = qa.qa_values([q], [{"text": "Do you mean the city? It is Paris.", "stopped": True}])
+    assert values["accuracy"] == [1.0] and values["attempt_rate"] == [1.0]
 
 
 def test_scores_have_wilson_intervals_and_kinds():

@@ -253,18 +253,21 @@ def match(item: Mapping, reply: str) -> bool:
 
 
 def attempted(reply: str, *, prompt: str) -> bool:
-    """Whether a reply tries to answer: not empty, not mostly copied from the question, not a loop,
-    deflection or bare greeting (`sftlab.categories`), no "I don't know" / "I'm not sure", and its
-    own first sentence is not a question back to the user.
+    """Whether a reply tries to answer, judged on its first paragraph (what it says before any
+    repetition sets in: a base model often answers, then writes the question again): not empty,
+    not mostly copied from the question, not a loop, deflection or bare greeting
+    (`sftlab.categories`), no "I don't know" / "I'm not sure", and its own first sentence is not a
+    question back to the user. (`qa_values` also counts every correct reply as an attempt.)
 
-    >>> attempted("The capital of France is Paris.", prompt="What is the capital of France?")
+    >>> attempted("The capital of France is Paris.\n\nWhat is the capital of France?", prompt="What is the capital of France?")
     True
     >>> attempted("What do you mean by capital?", prompt="What is the capital of France?")
     False
     """
-    if category(reply, stopped=True, prompt=prompt) in NOT_ATTEMPTED:
+    first = next((p for p in re.split(r"\n[ \t]*\n", reply) if re.search(r"\w", p)), "")
+    if category(first, stopped=True, prompt=prompt) in NOT_ATTEMPTED:
         return False
-    own = strip_echo(reply, prompt).strip()
+    own = strip_echo(first, prompt).strip()
     if not re.search(r"\w", own) or _DONT_KNOW.search(own):
         return False
     first = _FIRST_SENTENCE.match(own).group(1).strip()
@@ -291,13 +294,15 @@ def fewshot_answer(generated: str) -> tuple[str, bool]:
 
 
 def qa_values(items: Sequence[Mapping], replies: Sequence[Mapping]) -> dict:
-    """Per-question 0/1 values aligned with `items` ("accuracy", "attempt_rate", "stop_rate") and the
-    reply categories; `replies` are {"text", "stopped"} dicts."""
+    """Per-question 0/1 values aligned with `items` ("accuracy", "attempt_rate": a correct reply or
+    one that `attempted`, "stop_rate") and the reply categories; `replies` are {"text", "stopped"} dicts."""
     if len(items) != len(replies):
         raise ValueError(f"{len(items)} questions but {len(replies)} replies")
+    correct = [float(match(it, r["text"])) for it, r in zip(items, replies)]
     return {
-        "accuracy": [float(match(it, r["text"])) for it, r in zip(items, replies)],
-        "attempt_rate": [float(attempted(r["text"], prompt=it["question"])) for it, r in zip(items, replies)],
+        "accuracy": correct,
+        "attempt_rate": [float(bool(ok) or attempted(r["text"], prompt=it["question"]))
+                         for it, r, ok in zip(items, replies, correct)],
         "stop_rate": [float(bool(r["stopped"])) for r in replies],
         "category": [category(r["text"], stopped=bool(r["stopped"]), prompt=it["question"])
                      for it, r in zip(items, replies)],
