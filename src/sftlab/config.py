@@ -88,6 +88,9 @@ PREFERENCE_KEYS = {
     "sft_run": "a finished run folder whose SFT adapter this run starts from, reusing its replies where the "
                "prompts and decoding are the same (its seed, model, data, lora and training must equal this "
                "recipe's); null: train SFT in this run",
+    "samples_from": "a finished preference run whose prompts, samples and pairs this run trains on (its "
+                    "sampling settings must be this recipe's; only the method and training differ); null: "
+                    "sample here",
     "prompts": "instruction prompts (1-2 checkable instructions each) made from training conversations",
     "plain_prompts": "plain training prompts beside them, so that general replies are not forgotten",
     "types": "instruction types to draw from (default: all, sftlab.data.instructions.TYPE_NAMES)",
@@ -301,9 +304,6 @@ def _refused(where: str, section_name: str, library: str, exc: Exception, given:
                    if (m := re.search(rf"(?<![A-Za-z0-9_]){re.escape(str(k))}(?![A-Za-z0-9_])", message)))
     key = next((k for _, k in named if k in given), named[0][1] if named else "")
     path = f"{section_name}.{key}" if key else section_name
-    if key == "bf16" and "bf16" not in given:  # TRL's default, not the recipe's choice: say what to write
-        return Problem(where, path, "not set, so trl.SFTConfig turns bf16 on, which this machine cannot run: set "
-                                    f"it to auto (bf16 where the hardware has it) or false ({library}: {message})")
     return Problem(where, path, f"{library} refused it: {message}")
 
 

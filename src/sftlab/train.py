@@ -112,6 +112,9 @@ def build_sft_config(training_cfg: dict, output_dir: Path, seed: int):
             "training.assistant_only_loss must stay false: sftlab's encoder already supplies the assistant "
             "masks (TRL's option re-renders the template from text, which is not injection-safe)"
         )
+    # Not set is "auto": TRL's own default turns bf16 on, which a CPU without bf16 (or a GPU
+    # without it) refuses, so a recipe that leaves it out would train on no such machine.
+    cfg.setdefault("bf16", "auto")
     if cfg.get("bf16") == "auto":
         # bf16 autocast helps on CPUs with native bf16 (avx512_bf16/AMX) and on recent GPUs.
         cpu_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
