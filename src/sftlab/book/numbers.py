@@ -224,7 +224,36 @@ def failures_numbers(root: Path) -> dict:
     return out
 
 
+# Short keys for tables.QUESTIONS, in its order.
+QUESTION_KEYS = ("loss", "stop", "leaks", "ifeval", "ood", "multiturn", "similarity", "qa")
+
+
+def evaluation_numbers(root: Path) -> dict:
+    """Chapter 6 and the preface: every question's value per system and the paired differences of the
+    SFT model from the base model (with the template) and from SmolLM2 (`tables.QUESTIONS`)."""
+    from ..stats import verdict
+    from .formatting import fmt_ci, fmt_diff
+    from .tables import QUESTIONS, _question_comparison, _question_entry
+
+    results = _default(root)
+    out = {}
+    for key, (_, section, metric, kind) in zip(QUESTION_KEYS, QUESTIONS):
+        for system, name in (("base_chat", "base"), ("sft", "sft"), ("reference", "ref"), ("base_fewshot", "fewshot")):
+            entry = _question_entry(results, section, metric, system)
+            if entry and entry.get("value") is not None:
+                out[f"{key}_{name}"] = fmt_ci(entry, kind)
+        better = "lower" if metric in ("mean_nll", "role_leak_rate") else "higher"
+        for other, name in (("base_chat", "vs_base"), ("reference", "vs_ref")):
+            c = _question_comparison(results, section, metric, "sft", other)
+            if c:
+                out[f"{key}_{name}"] = fmt_diff(c, kind)
+                out[f"{key}_{name}_reading"] = {"better": "better", "worse": "worse", "unclear": "not separable",
+                                                "": "no direction"}[verdict(c, better)]
+    return out
+
+
 GROUPS = {
+    "evaluation": evaluation_numbers,
     "data": data_numbers,
     "training": training_numbers,
     "inside": inside_numbers,

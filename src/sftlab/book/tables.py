@@ -460,3 +460,49 @@ def failure_kinds_table(results: Results, system: str = "sft", only_failing: boo
                      "passed": f"{entry['passed']} of {entry['checks']}",
                      "what the reply did instead": ", ".join(f"{why} ({n})" for why, n in entry["kinds"].most_common())})
     return pd.DataFrame(rows, columns=["check", "training examples", "passed", "what the reply did instead"])
+
+
+# One metric per question the evaluation asks (the preface's headline and chapter 6's summary):
+# (question, where the numbers are, metric, kind). "systems" sections are metrics.json's own per-set
+# entries; "qa" and "ood" are the extra sets' sections (sftlab evaluate-extra), shown once present.
+QUESTIONS = (
+    ("Predicts held-out replies better (loss, nats/token)", "loss", "mean_nll", "nats"),
+    ("Ends its reply by itself (held-out stop rate)", "heldout", "stop_rate", "rate"),
+    ("Stays in its role (held-out role-leak rate)", "heldout", "role_leak_rate", "rate"),
+    ("Follows trained kinds of instructions (IFEval-style, prompt level)", "ifeval", "prompt_level", "rate"),
+    ("Follows untrained kinds of instructions (prompt level)", "ood", "prompt_level", "rate"),
+    ("Uses a fact from an earlier turn (multi-turn probes)", "multiturn", "prompt_level", "rate"),
+    ("Says what the reference reply says (embedding similarity)", "heldout", "embedding_similarity", "score"),
+    ("Answers checkable questions correctly (accuracy)", "qa", "accuracy", "rate"),
+)
+
+
+def _question_entry(results: Results, section: str, metric: str, system: str) -> dict | None:
+    if section in ("qa", "ood"):
+        return ((results.metrics.get(section) or {}).get("systems") or {}).get(system, {}).get(metric)
+    return metric_entry(results, system, metric, section)
+
+
+def _question_comparison(results: Results, section: str, metric: str, a: str, b: str) -> dict | None:
+    if section in ("qa", "ood"):
+        rows = (results.metrics.get(section) or {}).get("comparisons") or []
+        return next((c for c in rows if (c["a"], c["b"], c["metric"]) == (a, b, metric)), None)
+    return comparison(results, a, b, metric, section)
+
+
+def question_table(results: Results, systems=("base_chat", "sft", "reference")) -> pd.DataFrame:
+    """One row per question (`QUESTIONS`): each system's value [95% interval] and the paired
+    differences of the SFT model from the base model with the template and from SmolLM2 on the
+    same prompts. Questions whose results this run lacks are left out."""
+    rows = {}
+    for question, section, metric, kind in QUESTIONS:
+        cells = {label(s): fmt_ci(_question_entry(results, section, metric, s), kind) for s in systems}
+        if all(c == "–" for c in cells.values()):
+            continue
+        for other in ("base_chat", "reference"):
+            c = _question_comparison(results, section, metric, "sft", other)
+            cells[f"LoRA SFT − {label(other)}"] = fmt_diff(c, kind) if c else "–"
+        rows[question] = cells
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "question"
+    return df
