@@ -86,10 +86,11 @@ def test_the_sft_run_s_adapter_and_replies_are_reused(dpo_run, sft_run):
             assert row["replies"][system]["text"] == theirs[(row["set"], row["id"])]["replies"][system]["text"]
     entry = json.loads((dpo_run / "run.json").read_text())["preference"]["sft_run"]
     assert entry["path"] == str(sft_run) and "sft" in entry["reused_replies"]
-    # the same SFT model: its held-out loss, measured again here, is the SFT run's
+    assert entry["reused_losses"] == ["base_chat", "sft"]  # the same adapter on the same held-out set
     ours, base = (json.loads((f / "metrics.json").read_text())["heldout_loss"]["sft"]["mean_nll"]
                   for f in (dpo_run, sft_run))
-    assert math.isclose(ours, base, abs_tol=TOLERANCE)
+    assert math.isclose(ours, base, abs_tol=1e-9)
+    assert "loss_sft_s" not in json.loads((dpo_run / "run.json").read_text())["timings_s"]
 
 
 def test_an_sft_run_with_another_recipe_is_refused(tmp_path, sft_run):
@@ -240,3 +241,23 @@ def test_sftlab_chat_loads_the_preference_model(dpo_run, tmp_path):
     (broken / "preference_adapter" / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="preference adapter .* does not fit"):
         load_preference_model(load_sft_model(broken)[0], broken)
+
+
+def test_rejection_sampling_can_train_on_another_run_s_samples(tmp_path, sft_run, dpo_run):
+    path = _recipe(tmp_path, sft_run, name="tiny-rft", method="rft", samples_from=str(dpo_run))
+    cfg = yaml.safe_load(path.read_text())
+    cfg["preference"]["training"] = {"max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-3,
+                                     "bf16": False, "max_length": 256}
+    path.write_text(yaml.safe_dump(cfg))
+    out = run_experiment(path, results_root=tmp_path / "results", progress=False)
+    for name in ("pairs.jsonl", "pairs_report.json", "preference_samples.jsonl"):
+        assert (out / name).read_text() == (dpo_run / name).read_text()
+    run = json.loads((out / "run.json").read_text())
+    assert run["preference"]["method"] == "rft" and run["preference"]["samples_from"] == str(dpo_run)
+    assert run["preference"]["training"]["examples"] == run["preference"]["rft"]["n"]
+    assert "pref_sample_s" not in run["timings_s"] and "preference" in json.loads((out / "metrics.json").read_text())[
+        "systems"]
+    cfg["preference"]["temperature"] = 1.3  # sampled otherwise: refused
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="temperature"):
+        run_experiment(path, results_root=tmp_path / "results2", progress=False)

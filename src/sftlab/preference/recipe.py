@@ -22,6 +22,7 @@ METHODS = ("dpo", "rft")
 PREFERENCE_DEFAULTS = {
     "method": "dpo",
     "sft_run": None,  # null: this run trains its SFT adapter itself
+    "samples_from": None,  # null: this run samples its own prompts
     "prompts": 200,
     "plain_prompts": 50,
     "types": None,  # null: every instruction type and pair (sftlab.data.instructions.TYPE_NAMES)
@@ -48,6 +49,7 @@ def _number(v):
 _RULES = {
     "method": (lambda v: v in METHODS, "one of dpo, rft"),
     "sft_run": (lambda v: isinstance(v, str) and bool(v.strip()), "a finished run folder such as results/default"),
+    "samples_from": (lambda v: isinstance(v, str) and bool(v.strip()), "a finished preference run folder"),
     "prompts": (_whole, "a whole number >= 0"),
     "plain_prompts": (_whole, "a whole number >= 0"),
     "types": (lambda v: isinstance(v, list) and bool(v) and all(isinstance(t, str) for t in v),

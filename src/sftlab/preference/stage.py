@@ -6,7 +6,8 @@ lora and training; its adapter, training log and LoRA norms are copied into the 
 (stage_train.json then says training is done), and its replies are reused for every system it
 evaluated on the same prompts with the same decoding (same held-out, IFEval and multi-turn
 prompts, checked one by one; same token limit and batch size), so the SFT model and the new
-one answer the same prompts. Without `sft_run` the run trains SFT itself first.
+one answer the same prompts; its per-conversation held-out losses of base_chat and sft are reused
+too (heldout_losses.json). Without `sft_run` the run trains SFT itself first.
 
 `run_preference` (after `generate_sft`, on the merged SFT model):
   pref_prompts   the prompt pool (`sftlab.preference.prompts`)            stage_pref_prompts.json
@@ -15,6 +16,8 @@ one answer the same prompts. Without `sft_run` the run trains SFT itself first.
   pref_pairs     judged samples and pairs: pairs_report.json, pairs.jsonl, preference_samples.jsonl
   pref_train     DPO or RFT, a new LoRA over the merged SFT model, from its last checkpoint when
                  resuming: preference_adapter/, preference_train_log.jsonl, stage_pref_train.json
+  With `preference.samples_from` (another finished preference run, same sampling settings), the
+  first three come from that run's files instead, so two methods train on the same pairs.
   then the new system "preference" (that adapter merged) answers the evaluation prompts
   (stage_replies_preference.json) and its held-out and plain-text losses are measured.
 The result is a PEFT adapter over the merged SFT model (`load_preference_model`), which
@@ -24,6 +27,7 @@ The result is a PEFT adapter over the merged SFT model (`load_preference_model`)
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -86,7 +90,8 @@ def adopt_sft_run(ctx) -> None:
     reused = _reuse_replies(ctx, src, theirs)
     ctx.stages.put("sft_run", {"path": str(src), "config_hash": run.get("config_hash"),
                                "git_commit": run.get("git_commit"), "cpu_kind": run.get("hardware", {}).get("cpu_kind"),
-                               "timings_s": run.get("timings_s"), "reused_replies": reused})
+                               "timings_s": run.get("timings_s"), "reused_replies": reused,
+                               "reused_losses": _reuse_losses(ctx, src, theirs)})
     ctx.stages.put("train", run["training"])  # last: training counts as done only once everything is copied
 
 
@@ -114,6 +119,24 @@ def _reuse_replies(ctx, src: Path, theirs: dict) -> list[str]:
                                                     if k in r["replies"][s]} for r in by_set[name]]
                                             for name in by_set})
     return systems
+
+
+def _reuse_losses(ctx, src: Path, theirs: dict) -> list[str]:
+    """Put `src`'s per-conversation held-out loss rows (heldout_losses.json) in this run's stage files
+    for base_chat and sft: the same adapter on the same held-out set (same data and loss_batches)."""
+    their_eval = {**EVAL_DEFAULTS, **(theirs.get("evaluation") or {})}
+    path = src / "heldout_losses.json"
+    if their_eval["loss_batches"] != ctx.eval_cfg["loss_batches"] or not path.is_file():
+        return []
+    rows = json.loads(path.read_text())
+    reused = []
+    for system in ("base_chat", "sft"):
+        if system in rows and ctx.stages.get(f"loss_{system}") is None:
+            tokens = sum(r[1] for r in rows[system])
+            ctx.stages.put(f"loss_{system}", {"per_conversation": rows[system],
+                                              "mean_nll": sum(r[0] for r in rows[system]) / tokens if tokens else None})
+            reused.append(system)
+    return reused
 
 
 def training_conversations(prepared) -> list[dict]:
@@ -151,7 +174,7 @@ def _samples(ctx, cfg, prompts: list[dict], model) -> dict[str, list[dict]]:
     """k sampled replies per prompt, a block of prompts at a time, each block saved when done."""
     from tqdm.auto import tqdm
 
-    state = ctx.stages.get("pref_samples") or {"blocks": {}, "seconds": 0.0}
+    state = ctx.stages.get("pref_samples") or {"blocks": {}, "seconds": 0.0, "cpu_seconds": 0.0}
     k = int(cfg["samples"])
     per_block = max(1, int(cfg["batch_size"]) // k)
     blocks = [prompts[i: i + per_block] for i in range(0, len(prompts), per_block)]
@@ -160,7 +183,7 @@ def _samples(ctx, cfg, prompts: list[dict], model) -> dict[str, list[dict]]:
         _log(f"sampling {k} replies to each of {len(prompts)} prompts ({len(todo)} of {len(blocks)} blocks to go)")
     for b in tqdm(todo, desc="preference: sampling", disable=not ctx.progress, initial=len(blocks) - len(todo),
                   total=len(blocks)):
-        t = time.time()
+        t, cpu = time.time(), time.process_time()
         ids = [chat_prompt_ids(ctx.tokenizer, p["messages"]) for p in blocks[b] for _ in range(k)]
         out = generate_replies(model, ctx.tokenizer, ids, stop_ids=ctx.fmt.eos_token_ids,
                                max_new_tokens=int(cfg["max_new_tokens"]), batch_size=int(cfg["batch_size"]),
@@ -168,8 +191,10 @@ def _samples(ctx, cfg, prompts: list[dict], model) -> dict[str, list[dict]]:
                                          "seed": int(cfg["seed"]) * SAMPLE_SEED_STRIDE + b}, progress=False)
         state["blocks"][str(b)] = [out[i * k: (i + 1) * k] for i in range(len(blocks[b]))]
         state["seconds"] += time.time() - t
+        state["cpu_seconds"] = state.get("cpu_seconds", 0.0) + time.process_time() - cpu
         ctx.stages.put("pref_samples", state)
     ctx.timings["pref_sample_s"] = state["seconds"]
+    ctx.timings["pref_sample_cpu_s"] = state.get("cpu_seconds", 0.0)
     return {p["id"]: state["blocks"][str(b)][i] for b, block in enumerate(blocks) for i, p in enumerate(block)}
 
 
@@ -202,6 +227,37 @@ def _pairs(ctx, cfg, prompts, pool_report, samples) -> list[dict]:
     return selections
 
 
+SHARED_FILES = ("pairs_report.json", "pairs.jsonl", "preference_samples.jsonl")
+SAMPLING_KEYS = ("sft_run", "prompts", "plain_prompts", "types", "samples", "temperature", "max_new_tokens",
+                 "batch_size", "repair", "seed")
+
+
+def _adopt_samples(ctx, cfg) -> tuple[list[dict], list[dict]]:
+    """With `preference.samples_from`: that finished preference run's prompts, samples and pairs (its
+    pairs_report.json, pairs.jsonl and preference_samples.jsonl, copied), so that two methods train
+    on the same data. Its sampling settings must be this recipe's."""
+    from .recipe import settings as read_settings
+
+    src = Path(cfg["samples_from"])
+    missing = [f for f in (*SHARED_FILES, "config.yaml") if not (src / f).is_file()]
+    if missing:
+        raise ConfigError(f"preference.samples_from: {src} is not a finished preference run (missing "
+                          f"{', '.join(missing)})")
+    theirs = read_settings(yaml.safe_load((src / "config.yaml").read_text())) or {}
+    differ = [k for k in SAMPLING_KEYS if theirs.get(k) != cfg[k]]
+    if differ:
+        raise ConfigError(f"preference.samples_from: {src} sampled with other settings ({', '.join(differ)} "
+                          "differ); use the same preference settings but method, or drop samples_from")
+    for name in SHARED_FILES:
+        if not (ctx.work / name).is_file():
+            shutil.copyfile(src / name, ctx.work / name)
+    rows = [json.loads(line) for line in (ctx.work / "pairs.jsonl").read_text().splitlines() if line.strip()]
+    prompts = [{"id": r["id"], "kind": r["kind"], "type": r["type"], "messages": r["prompt"], "checks": r["checks"]}
+               for r in rows]
+    keys = ("id", "kind", "type", "chosen", "chosen_kind", "rejected", "rejected_stopped", "dropped")
+    return prompts, [{k: r[k] for k in keys} for r in rows]
+
+
 def _train(ctx, cfg, prompts, selections, model):
     """DPO or RFT on the selections (from the last checkpoint when resuming); returns (merged model, stats)."""
     from peft import PeftModel
@@ -219,6 +275,7 @@ def _train(ctx, cfg, prompts, selections, model):
         max_length = cfg["training"].get("max_length", 1024)
         common = dict(seed=int(cfg["seed"]), work_dir=folder, log_path=log, resume_from_checkpoint=checkpoint)
         model.train()
+        cpu = time.process_time()
         if cfg["method"] == "dpo":
             _log("training the preference adapter with DPO")
             pairs = [s for s in selections if s["chosen"] is not None and s["rejected"] is not None]
@@ -235,6 +292,7 @@ def _train(ctx, cfg, prompts, selections, model):
         peft_model.save_pretrained(work / ADAPTER)
         _describe_adapter(work / ADAPTER, ctx.config)
         ctx.timings["pref_train_s"] = stats["train_wall_s"]
+        ctx.timings["pref_train_cpu_s"] = time.process_time() - cpu  # this process's CPU time (all threads)
         ctx.stages.put("pref_train", stats)
         ctx.stages.put("timings", ctx.timings)
     else:
@@ -268,9 +326,12 @@ def run_preference(ctx, losses: dict) -> dict:
     if cfg is None:
         return {}
     model = ctx.sft_model
-    prompts, pool_report = _prompt_pool(ctx, cfg)
-    samples = _samples(ctx, cfg, prompts, model)
-    selections = _pairs(ctx, cfg, prompts, pool_report, samples)
+    if cfg["samples_from"] is not None:
+        prompts, selections = _adopt_samples(ctx, cfg)
+    else:
+        prompts, pool_report = _prompt_pool(ctx, cfg)
+        samples = _samples(ctx, cfg, prompts, model)
+        selections = _pairs(ctx, cfg, prompts, pool_report, samples)
     tuned, stats = _train(ctx, cfg, prompts, selections, model)
     ctx.sft_model = None  # merged with the preference adapter now
     _log("evaluating the preference model")
@@ -282,11 +343,16 @@ def run_preference(ctx, losses: dict) -> dict:
     stage_s = sum(ctx.timings.get(k, 0.0) for k in ("pref_sample_s", "pref_pairs_s", "pref_train_s"))
     ctx.run_info["preference"] = {
         "method": cfg["method"], "system": SYSTEM, "sft_run": ctx.stages.get("sft_run"),
+        "samples_from": cfg["samples_from"],
         "model_form": f"a LoRA adapter ({ADAPTER}/) over the SFT model merged into the base (adapter/ merged); "
                       "sftlab.preference.stage.load_preference_model and `sftlab chat` load it",
         "stage_s": round(stage_s, 1), "training": stats,
         "prompts": report["prompts"], "pairs": report["pairs"], "rft": report["rft"], "dropped": report["dropped"],
-        "settings": report["settings"]}
+        "settings": report["settings"],
+        # The CPU may be shared with other work: the wall times are read beside the load average and
+        # this process's own CPU time (pref_*_cpu_s in timings_s, all threads: about twice the wall
+        # time of a 2-core machine to itself)
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
     return replies
 
 
