@@ -75,7 +75,7 @@ def test_extra_sets_are_added_beside_the_run(finished_run):
     for name in ("qa", "ood", "decoding"):
         entry = run["extra_evaluation"][name]
         assert entry["cpu_kind"] and entry["timings_s"] and entry["generate_s"] >= 0
-    assert not (out.parent / f".work-{out.name}-extra").exists()
+    assert not list(out.parent.glob(f".work-{out.name}-extra*"))
 
     # Done once: a second call adds nothing and rewrites nothing.
     assert evaluate_extra(out, ["qa", "ood", "decoding"], progress=False) == {}
@@ -92,7 +92,7 @@ def test_an_interrupted_command_reads_back_finished_jobs(finished_run, monkeypat
     from sftlab import extra
 
     out = finished_run
-    work = out.parent / f".work-{out.name}-extra"
+    work = out.parent / f".work-{out.name}-extra-ood"  # the work folder of a command adding ood
     work.mkdir(exist_ok=True)
     n = len([line for line in _lines(out / "samples.jsonl") if json.loads(line)["set"] == "ood"]) or 47
     fake = {"replies": [{"text": "FROM-THE-STAGE", "stopped": True, "n_tokens": 1}] * n, "seconds": 1.0}

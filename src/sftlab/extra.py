@@ -131,7 +131,8 @@ def run_jobs(folder: Path, config: dict, jobs: list[dict], stages: _Stages, *, b
         for job in mine:
             t = time.time()
             fn = _prompt_fn(job["system"])
-            replies = generate_replies(model, tok, [fn(tok, m) for m in job["messages"]], stop_ids=stop_ids,
+            stops = stop_ids + (_blank_line_ids(tok) if job["system"] == "base_fewshot" else [])
+            replies = generate_replies(model, tok, [fn(tok, m) for m in job["messages"]], stop_ids=stops,
                                        max_new_tokens=job["max_new_tokens"], batch_size=batch_size,
                                        desc=job["key"], progress=progress, sampling=job.get("sampling"))
             out[job["key"]] = {"replies": replies, "seconds": round(time.time() - t, 1)}
@@ -140,6 +141,13 @@ def run_jobs(folder: Path, config: dict, jobs: list[dict], stages: _Stages, *, b
         del model, tok
         gc.collect()
     return out
+
+
+def _blank_line_ids(tok) -> list[int]:
+    """The token of a blank line ("\n\n"), when the vocabulary has one: a few-shot answer ends there
+    (`sftlab.qa.fewshot_answer` cuts at the same place), so generation can stop."""
+    ids = tok("\n\n", add_special_tokens=False)["input_ids"]
+    return ids if len(ids) == 1 else []
 
 
 def _user(text: str) -> list[dict]:
@@ -239,7 +247,7 @@ def decoding_rows(subset: dict, systems: list[str], named: dict, done: dict) -> 
 # --------------------------------------------------------------------------- the command
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_rows(path: Path) -> list[dict]:
     rows = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip():
@@ -276,13 +284,16 @@ def evaluate_extra(results_dir: str | Path, sets=None, *, progress: bool = True,
     if bad:
         raise ConfigError(f"unknown extra set(s) {bad}; known: {', '.join(EXTRA_SETS)}")
     metrics = json.loads((folder / "metrics.json").read_text())
-    samples = _read_jsonl(folder / "samples.jsonl")
-    systems = list(metrics["systems"])
+    samples = _read_rows(folder / "samples.jsonl")
+    systems = [s for s in metrics["systems"] if s in FAMILY]  # the systems this command can load
     # each set once; a section that says it was not used (judge, official IFEval) is tried again
     todo = [s for s in sets if force or s not in metrics or not metrics[s].get("used", True)]
+    if not todo and {"judge", "official_ifeval"} <= set(metrics):
+        return {}
     n_boot, seed = int(eval_cfg["bootstrap_resamples"]), int(config.get("seed", 0))
     max_new = int(eval_cfg["max_new_tokens"])
-    work = folder.parent / f".work-{folder.name}-extra"
+    # one work folder per set list: commands adding other sets at the same time do not share it
+    work = folder.parent / f".work-{folder.name}-extra-{'-'.join(sorted(todo)) or 'none'}"
     work.mkdir(parents=True, exist_ok=True)
     stages = _Stages(work)
     t0 = time.time()
@@ -322,10 +333,8 @@ def evaluate_extra(results_dir: str | Path, sets=None, *, progress: bool = True,
                                                             progress=progress)
         if judge_rows:
             new_rows["judge"] = judge_rows
-    if "official_ifeval" in todo or "official_ifeval" not in metrics:  # the shared-type table, used or not
-        kept = [r for r in samples if r.get("set") not in new_rows] + [r for rows in new_rows.values() for r in rows]
-        sections["official_ifeval"] = official_ifeval.official_section(
-            kept, new_rows.get("official_ifeval"), n_resamples=n_boot, seed=seed)
+    if "official_ifeval" in todo:
+        sections["official_ifeval"] = {}  # computed in _merge, from every set's rows
     hw, vers, commit = hardware(), versions(), git_commit()
     for name in sections:
         if name not in todo:
@@ -335,17 +344,26 @@ def evaluate_extra(results_dir: str | Path, sets=None, *, progress: bool = True,
                          "timings_s": {f"{k}_s": done[k]["seconds"] for k in keys},
                          "generate_s": round(sum(done[k]["seconds"] for k in keys), 1),
                          "cpu_kind": hw["cpu_kind"], "hardware": hw, "versions": vers}
-    _merge(folder, samples, metrics, new_rows, sections, entries, wall_s=round(time.time() - t0, 1))
+    _merge(folder, new_rows, sections, entries, wall_s=round(time.time() - t0, 1), n_resamples=n_boot, seed=seed)
     shutil.rmtree(work, ignore_errors=True)
     return entries
 
 
-def _merge(folder: Path, samples: list[dict], metrics: dict, new_rows: dict, sections: dict, entries: dict,
-           *, wall_s: float) -> None:
-    """Write the new rows, sections and run.json entries; the run's own rows and keys stay as they are."""
-    kept = [r for r in samples if r.get("set") not in new_rows]
-    _write_jsonl_atomic(folder / "samples.jsonl", kept + [r for rows in new_rows.values() for r in rows])
-    write_json_atomic(folder / "metrics.json", {**metrics, **sections}, indent=2)
+def _merge(folder: Path, new_rows: dict, sections: dict, entries: dict, *, wall_s: float, n_resamples: int,
+           seed: int) -> None:
+    """Write the new rows, sections and run.json entries; the run's own rows and keys stay as they are.
+    The files are read again here, so commands adding other sets at the same time keep each other's;
+    the "official_ifeval" section (official checkers on the IFEval-style and OOD rows, the benchmark
+    itself where its rows are there) is computed from all rows, as merged."""
+    from .official_ifeval import official_section
+
+    samples = _read_rows(folder / "samples.jsonl")
+    metrics = {**json.loads((folder / "metrics.json").read_text()), **sections}
+    merged = [r for r in samples if r.get("set") not in new_rows] + [r for rows in new_rows.values() for r in rows]
+    metrics["official_ifeval"] = official_section(merged, [r for r in merged if r.get("set") == "official_ifeval"],
+                                                  n_resamples=n_resamples, seed=seed)
+    _write_jsonl_atomic(folder / "samples.jsonl", merged)
+    write_json_atomic(folder / "metrics.json", metrics, indent=2)
     run = json.loads((folder / "run.json").read_text())
     extra = run.setdefault("extra_evaluation", {})
     for name, entry in entries.items():

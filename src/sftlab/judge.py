@@ -36,10 +36,13 @@ def not_used() -> dict:
 
 def load_judge(spec: str):
     """(model, tokenizer) of the judge; a spec that does not load is a ConfigError naming it."""
+    import torch
+
     from .sources import load_model
 
+    gpu = torch.cuda.is_available()  # a judge of billions of parameters wants one: bf16 there
     try:
-        model, tok = load_model(spec)
+        model, tok = load_model(spec, dtype="bfloat16" if gpu else "float32", device="cuda" if gpu else None)
     except (SftlabError, OSError, ValueError, KeyError) as err:
         raise ConfigError(f"evaluation.judge: the judge model {spec!r} does not load: "
                           f"{str(err).splitlines()[0][:300]}") from err
@@ -102,10 +105,10 @@ def judge_pairs(model, tok, items: Sequence[tuple[str, str, str]], *, progress: 
     return rows
 
 
-def tally(outcomes: Sequence[str]) -> dict:
+def win_tie_loss(outcomes: Sequence[str]) -> dict:
     """Win, tie and loss rates with Wilson intervals: ["win", "tie", "win", "loss"] -> win 0.5, ..."""
     if not outcomes:
-        raise ValueError("tally needs at least one judged pair")
+        raise ValueError("win_tie_loss needs at least one judged pair")
     return {k: rate([o == k for o in outcomes]) for k in ("win", "tie", "loss")} | {"n": len(outcomes)}
 
 
@@ -129,12 +132,12 @@ def judge_run(samples: Sequence[Mapping], spec: str | None, *, progress: bool = 
         for r, j in zip(chosen, judged):
             rows.append({"set": "judge", "id": f"{a}-vs-{b}/{r['set']}/{r['id']}", "pair": [a, b],
                          "source_set": r["set"], "source_id": r["id"], "replies": {}, "judge": j})
-        entry = {"all": tally([j["outcome"] for j in judged]),
+        entry = {"all": win_tie_loss([j["outcome"] for j in judged]),
                  "inconsistent": sum(not j["consistent"] for j in judged),
                  "invalid": sum("invalid" in j["verdicts"] for j in judged)}
         for set_ in SETS:
             picked = [j["outcome"] for r, j in zip(chosen, judged) if r["set"] == set_]
             if picked:
-                entry[set_] = tally(picked)
+                entry[set_] = win_tie_loss(picked)
         section["pairs"][f"{a}-vs-{b}"] = entry
     return section, rows
