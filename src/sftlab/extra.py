@@ -121,6 +121,9 @@ def run_jobs(folder: Path, config: dict, jobs: list[dict], stages: _Stages, *, b
     each a list of messages), "max_new_tokens", "sampling" (None: greedy)}. Returns
     {key: {"replies": [...], "seconds": s}}."""
     out = {j["key"]: stages.get(j["key"]) for j in jobs}
+    for j in jobs:  # a stage left by a command with other prompts (another decoding subset) is done again
+        if out[j["key"]] is not None and len(out[j["key"]]["replies"]) != len(j["messages"]):
+            out[j["key"]] = None
     todo = [j for j in jobs if out[j["key"]] is None]
     for family in ("base", "sft", "reference"):
         mine = [j for j in todo if FAMILY[j["system"]] == family]
