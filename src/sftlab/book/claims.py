@@ -188,7 +188,73 @@ def endings_asked_are_not_the_trained_closers(root: Path) -> bool:
     return bool(asked) and not asked & {c.lower() for c in VALUES["closers"]}
 
 
+def _reading(root: Path, key: str) -> str:
+    from .numbers import evaluation_numbers
+
+    return evaluation_numbers(root).get(f"{key}_reading", "missing")
+
+
+def sft_beats_base_on_form(root: Path) -> bool:
+    """Against the base model with the template, SFT is better, by an interval that excludes zero, on
+    stopping, role leaks, instruction following and multi-turn recall."""
+    return all(_reading(root, f"{q}_vs_base") == "better" for q in ("stop", "leaks", "ifeval", "multiturn"))
+
+
+def content_did_not_move(root: Path) -> bool:
+    """Closeness to the reference reply (embedding similarity) is not separable from the base model's."""
+    return _reading(root, "similarity_vs_base") == "not separable"
+
+
+def sft_level_with_smollm2(root: Path) -> bool:
+    """Against SmolLM2, SFT stops more often and is not separable on instructions, multi-turn recall
+    and closeness to the reference."""
+    return (_reading(root, "stop_vs_ref") == "better"
+            and all(_reading(root, f"{q}_vs_ref") == "not separable" for q in ("ifeval", "multiturn", "similarity")))
+
+
+def sft_answers_where_base_echoes(root: Path) -> bool:
+    """The base model with the template answers no held-out prompt and copies most of them back; SFT
+    attempts an answer to more held-out prompts than SmolLM2."""
+    cats = lambda s: _metrics(root)["systems"][s]["heldout"]["categories"]
+    base, sft, ref = cats("base_chat"), cats("sft"), cats("reference")
+    return base["answer"] == 0 and base["echo"] > sum(base.values()) / 2 and sft["answer"] > ref["answer"]
+
+
+def instruction_examples_not_separable(root: Path) -> bool:
+    """The trained model with and without the instruction examples cannot be told apart on the
+    IFEval-style prompts (paired interval includes zero)."""
+    from ..compare import paired_run_differences
+    from .results import load_results
+
+    path = load_results("default", root=root, check=False).path
+    row = next(r for r in paired_run_differences(path, path.parent / "default-no-instructions", "sft")
+               if (r["set"], r["metric"]) == ("ifeval", "prompt_level"))
+    return row["ci"][0] <= 0 <= row["ci"][1]
+
+
+def telling_examples_exist(root: Path) -> bool:
+    """There is a held-out prompt where SFT stopped and the base model did not, and an IFEval-style
+    prompt where SFT passed every check and the base model did not (the side-by-side cards)."""
+    from .cards import example_ids
+    from .results import load_results
+
+    results = load_results("default", root=root, check=False)
+    return all(len(example_ids(results, s, n=0)) == 1 for s in ("heldout", "ifeval"))
+
+
+def sft_no_role_leaks(root: Path) -> bool:
+    """The SFT model writes no other role's turn in any held-out reply."""
+    return _metrics(root)["systems"]["sft"]["heldout"]["role_leak_rate"]["value"] == 0
+
+
 CLAIMS: dict[str, Callable[[Path], bool]] = {
+    "sft-no-role-leaks": sft_no_role_leaks,
+    "telling-examples-exist": telling_examples_exist,
+    "sft-beats-base-on-form": sft_beats_base_on_form,
+    "content-did-not-move": content_did_not_move,
+    "sft-level-with-smollm2": sft_level_with_smollm2,
+    "sft-answers-where-base-echoes": sft_answers_where_base_echoes,
+    "instruction-examples-not-separable": instruction_examples_not_separable,
     "failing-types-were-trained": failing_types_were_trained,
     "bullets-become-numbered-lists": bullets_become_numbered_lists,
     "case-is-ignored": case_is_ignored,

@@ -235,8 +235,33 @@ def evaluation_numbers(root: Path) -> dict:
     from .formatting import fmt_ci, fmt_diff
     from .tables import QUESTIONS, _question_comparison, _question_entry
 
+    import yaml
+
+    from ..compare import paired_run_differences
+
     results = _default(root)
-    out = {}
+    cfg = results.config.get("evaluation") or {}
+    m = results.metrics["systems"]
+    out = {"heldout_n": str(m["sft"]["heldout"]["stop_rate"]["n"]), "ifeval_n": str(m["sft"]["ifeval"]["n_prompts"]),
+           "multiturn_n": str(m["sft"]["multiturn"]["n_prompts"]), "max_new_tokens": str(cfg.get("max_new_tokens")),
+           "ifeval_types": str(len(m["sft"]["ifeval"]["per_type"]))}
+    for set_ in ("heldout", "ifeval"):
+        for system, name in (("base_chat", "base"), ("sft", "sft"), ("reference", "ref")):
+            cats = m[system][set_].get("categories") or {}
+            for cat in ("answer", "echo", "loop", "cut", "deflection"):
+                out[f"{set_}_{cat}_{name}"] = f"{cats.get(cat, 0)} of {sum(cats.values())}"
+    published = yaml.safe_load((Path(__file__).resolve().parents[1] / "prompts" / "published.yaml").read_text())
+    for entry in published:
+        out["published_" + entry["model"].split("/")[-1].lower().replace("-", "_").replace(".", "_")] = f"{entry['value']:.1f}%"
+    other = results.path.parent / f"{results.name}-no-instructions"
+    if (other / "samples.jsonl").is_file():
+        for r in paired_run_differences(results.path, other, "sft"):
+            if (r["set"], r["metric"]) in (("ifeval", "prompt_level"), ("heldout", "stop_rate"),
+                                           ("multiturn", "prompt_level"), ("loss", "mean_nll")):
+                kind = "nats" if r["set"] == "loss" else "rate"
+                out[f"instructions_{r['set']}_{r['metric']}"] = fmt_diff(r, kind)
+        no_instr = load_results(other.name, root=root, check=False).metrics["systems"]["sft"]["ifeval"]["prompt_level"]
+        out["no_instructions_ifeval"] = fmt_ci(no_instr, "rate")
     for key, (_, section, metric, kind) in zip(QUESTION_KEYS, QUESTIONS):
         for system, name in (("base_chat", "base"), ("sft", "sft"), ("reference", "ref"), ("base_fewshot", "fewshot")):
             entry = _question_entry(results, section, metric, system)
@@ -252,7 +277,20 @@ def evaluation_numbers(root: Path) -> dict:
     return out
 
 
+def ablations_numbers(root: Path) -> dict:
+    """Chapter 5's sweep: how many of configs/ablations.yaml's runs are finished in results/."""
+    from ..sweep import load_sweep
+
+    sweep = load_sweep(root / "configs" / "ablations.yaml")
+    results = root / sweep["results"]
+    done = [n for n in sweep["recipes"] if (results / n / "run.json").is_file()]
+    missing = [n for n in sweep["recipes"] if n not in done]
+    return {"total": str(len(sweep["recipes"])), "finished": str(len(done)),
+            "missing": ", ".join(f"`{n}`" for n in missing) if missing else "none"}
+
+
 GROUPS = {
+    "ablations": ablations_numbers,
     "evaluation": evaluation_numbers,
     "data": data_numbers,
     "training": training_numbers,
