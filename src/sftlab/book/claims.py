@@ -247,7 +247,51 @@ def sft_no_role_leaks(root: Path) -> bool:
     return _metrics(root)["systems"]["sft"]["heldout"]["role_leak_rate"]["value"] == 0
 
 
+def _section_comparison(root: Path, section: str, a: str, b: str, metric: str, setting: str | None = None) -> dict:
+    rows = _metrics(root)[section]["comparisons"]
+    return next(c for c in rows if (c["a"], c["b"], c["metric"]) == (a, b, metric)
+                and (setting is None or c.get("setting") == setting))
+
+
+def _includes_zero(c: dict) -> bool:
+    return c["ci"][0] <= 0 <= c["ci"][1]
+
+
+def ood_gain_not_separable(root: Path) -> bool:
+    """On the untrained instruction types, SFT is separable neither from the base model with the
+    template nor from SmolLM2 (paired intervals include zero)."""
+    return (_includes_zero(_section_comparison(root, "ood", "sft", "base_chat", "prompt_level"))
+            and _includes_zero(_section_comparison(root, "ood", "sft", "reference", "prompt_level")))
+
+
+def sft_knows_what_the_base_knew(root: Path) -> bool:
+    """On the checkable questions, SFT beats the base model with the template, is not separable from
+    the base model's few-shot answers, and is below SmolLM2 (each by its paired interval)."""
+    vs_base = _section_comparison(root, "qa", "sft", "base_chat", "accuracy")
+    vs_fewshot = _section_comparison(root, "qa", "sft", "base_fewshot", "accuracy")
+    vs_ref = _section_comparison(root, "qa", "sft", "reference", "accuracy")
+    return vs_base["ci"][0] > 0 and _includes_zero(vs_fewshot) and vs_ref["ci"][1] < 0
+
+
+def stop_lead_depends_on_the_limit(root: Path) -> bool:
+    """SFT's stop-rate lead over SmolLM2 excludes zero under greedy decoding at the run's limit and
+    under sampling, but not with the longer limit."""
+    c = lambda setting: _section_comparison(root, "decoding", "sft", "reference", "heldout/stop_rate", setting)
+    return c("greedy")["ci"][0] > 0 and c("sample-t0.7")["ci"][0] > 0 and _includes_zero(c("greedy-400"))
+
+
+def sampling_favours_smollm2_on_instructions(root: Path) -> bool:
+    """On the IFEval-style subset, SFT and SmolLM2 are not separable under greedy decoding, and SmolLM2
+    is ahead when both sample."""
+    c = lambda setting: _section_comparison(root, "decoding", "sft", "reference", "ifeval/prompt_level", setting)
+    return _includes_zero(c("greedy")) and c("sample-t0.7")["ci"][1] < 0
+
+
 CLAIMS: dict[str, Callable[[Path], bool]] = {
+    "ood-gain-not-separable": ood_gain_not_separable,
+    "sft-knows-what-the-base-knew": sft_knows_what_the_base_knew,
+    "stop-lead-depends-on-the-limit": stop_lead_depends_on_the_limit,
+    "sampling-favours-smollm2-on-instructions": sampling_favours_smollm2_on_instructions,
     "sft-no-role-leaks": sft_no_role_leaks,
     "telling-examples-exist": telling_examples_exist,
     "sft-beats-base-on-form": sft_beats_base_on_form,

@@ -289,7 +289,70 @@ def ablations_numbers(root: Path) -> dict:
             "missing": ", ".join(f"`{n}`" for n in missing) if missing else "none"}
 
 
+def accuracy_numbers(root: Path) -> dict | None:
+    """Chapter 6's response accuracy, untrained instructions, official checkers, judge and decoding
+    robustness (metrics.json's qa, ood, official_ifeval, judge and decoding sections)."""
+    from .formatting import fmt_ci, fmt_diff
+
+    results = _default(root)
+    m = results.metrics
+    if "qa" not in m:
+        return None
+    qa, out = m["qa"], {}
+    out.update({"qa_n": str(qa["n_items"]), "qa_tokens": str(qa.get("max_new_tokens")),
+                "qa_kinds": str(len(qa["kinds"]))})
+    for system, name in (("base_continuation", "plain"), ("base_chat", "base"), ("sft", "sft"),
+                         ("reference", "ref"), ("base_fewshot", "fewshot")):
+        entry = qa["systems"].get(system)
+        if not entry:
+            continue
+        out[f"qa_{name}"] = fmt_ci(entry["accuracy"], "rate")
+        out[f"qa_attempt_{name}"] = pct(entry["attempt_rate"]["value"])
+        for kind, rate in entry["per_kind"].items():
+            out[f"qa_{kind}_{name}"] = pct(rate["value"])
+    for c in qa["comparisons"]:
+        if c["metric"] == "accuracy":
+            out[f"qa_{c['a']}_vs_{c['b']}"] = fmt_diff(c, "rate")
+    if "ood" in m:
+        ood = m["ood"]
+        out.update({"ood_n": str(ood["n_prompts"]), "ood_types": str(len(ood["types"]))})
+        for system, name in (("base_chat", "base"), ("sft", "sft"), ("reference", "ref")):
+            out[f"ood_{name}"] = fmt_ci(ood["systems"][system]["prompt_level"], "rate")
+        for c in ood["comparisons"]:
+            if c["metric"] == "prompt_level":
+                out[f"ood_{c['a']}_vs_{c['b']}"] = fmt_diff(c, "rate")
+        sft_types = ood["systems"]["sft"]["per_type"]
+        out["ood_sft_zero_types"] = str(sum(1 for v in sft_types.values() if v["value"] == 0))
+    official = (m.get("official_ifeval") or {}).get("ifeval_with_official_checkers")
+    if official:
+        for system, name in (("sft", "sft"), ("reference", "ref")):
+            out[f"official_{name}"] = fmt_ci(official["systems"][system]["prompt_level"], "rate")
+        for c in official["comparisons"]:
+            out[f"official_{c['a']}_vs_{c['b']}"] = fmt_diff(c, "rate")
+        out["official_types"] = str(sum(1 for v in official["checker"].values() if v == "official"))
+    out["official_note"] = (m.get("official_ifeval") or {}).get("note", "not run")
+    out["judge_note"] = (m.get("judge") or {}).get("note", "not run")
+    dec = m.get("decoding")
+    if dec:
+        out.update({"decoding_heldout_n": str(dec["n_prompts"]["heldout"]), "decoding_ifeval_n": str(dec["n_prompts"]["ifeval"]),
+                    "decoding_long": str(dec["settings"]["greedy-400"]["max_new_tokens"]),
+                    "decoding_temperature": f"{dec['settings']['sample-t0.7-seed1']['temperature']:g}"})
+        for system, name in (("sft", "sft"), ("reference", "ref")):
+            for setting, sname in (("greedy", "greedy"), ("greedy-400", "long"), ("sample-t0.7", "sampled")):
+                for metric, mname in (("heldout/stop_rate", "stop"), ("ifeval/prompt_level", "ifeval")):
+                    entry = dec["systems"][system][setting].get(metric)
+                    if entry:
+                        out[f"decoding_{mname}_{sname}_{name}"] = pct(entry["value"])
+        for c in dec["comparisons"]:
+            if (c["a"], c["b"]) == ("sft", "reference") and c.get("setting") in ("greedy", "greedy-400", "sample-t0.7"):
+                sname = {"greedy": "greedy", "greedy-400": "long", "sample-t0.7": "sampled"}[c["setting"]]
+                mname = {"heldout/stop_rate": "stop", "ifeval/prompt_level": "ifeval", "ifeval/stop_rate": "ifeval_stop"}[c["metric"]]
+                out[f"decoding_{mname}_{sname}_vs_ref"] = fmt_diff(c, "rate")
+    return out
+
+
 GROUPS = {
+    "accuracy": accuracy_numbers,
     "ablations": ablations_numbers,
     "evaluation": evaluation_numbers,
     "data": data_numbers,

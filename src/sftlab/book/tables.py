@@ -506,3 +506,40 @@ def question_table(results: Results, systems=("base_chat", "sft", "reference")) 
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "question"
     return df
+
+
+def accuracy_table(results: Results, systems=("base_chat", "base_fewshot", "sft", "reference")) -> pd.DataFrame:
+    """Questions with checkable answers (metrics.json's qa section): each system's accuracy [95%
+    interval], the share of replies that attempt an answer, and accuracy by kind of question."""
+    qa = results.metrics.get("qa") or {}
+    names = {"base_fewshot": "base, few-shot plain text"}
+    rows = {}
+    for s in systems:
+        entry = (qa.get("systems") or {}).get(s)
+        if not entry:
+            continue
+        row = {"accuracy": fmt_ci(entry["accuracy"], "rate"), "attempts an answer": fmt_value(entry["attempt_rate"]["value"], "rate")}
+        row.update({kind: fmt_value(v["value"], "rate") for kind, v in entry["per_kind"].items()})
+        rows[names.get(s, label(s))] = row
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "system"
+    return df
+
+
+def decoding_table(results: Results) -> pd.DataFrame:
+    """Decoding robustness (metrics.json's decoding section): held-out stop rate and IFEval-style
+    prompt-level accuracy of the SFT model and SmolLM2 per setting, with the paired difference."""
+    dec = results.metrics.get("decoding") or {}
+    names = {"greedy": "greedy, the run's limit", "greedy-400": "greedy, a longer limit", "sample-t0.7": "sampled (3 seeds)"}
+    rows = []
+    for setting, name in names.items():
+        for metric, mname in (("heldout/stop_rate", "held-out stop rate"), ("ifeval/prompt_level", "IFEval-style prompt level")):
+            cells = {"setting": name if setting != "greedy-400" else f"greedy, {dec['settings'][setting]['max_new_tokens']} tokens",
+                     "metric": mname}
+            for s in ("sft", "reference"):
+                cells[label(s)] = fmt_ci(dec["systems"][s][setting].get(metric), "rate")
+            c = next((c for c in dec.get("comparisons", []) if (c["a"], c["b"], c.get("setting"), c["metric"])
+                      == ("sft", "reference", setting, metric)), None)
+            cells["LoRA SFT − SmolLM2, paired"] = fmt_diff(c, "rate") if c else "–"
+            rows.append(cells)
+    return pd.DataFrame(rows)
