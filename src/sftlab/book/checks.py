@@ -126,3 +126,35 @@ def markdown_faults(markdown: str) -> list[str]:
     """Every problem of a chapter's own Markdown (its prose, code cells excluded by the caller)."""
     text = _FENCED.sub("", markdown)
     return unsupported_characters(text) + eaten_brackets(markdown)
+
+
+# A rough page count of the PDF from an executed chapter (Quarto cannot run here): words of prose
+# and output text, code lines the PDF shows (cells with `echo: true`), figures, table rows and rich
+# outputs, at the book's geometry (scrreprt, 11 pt, 25 mm margins). Calibrated by eye against the
+# real render of 2026-12-03 (../shared/render: 119 pages); it says whether a chapter is 5 or 15
+# pages, not whether it is 9 or 10.
+WORDS_PER_PAGE, LINES_PER_PAGE, FIGURE_PAGES, ROWS_PER_PAGE, RICH_PAGES = 480, 52, 0.42, 38, 0.3
+
+
+def page_estimate(nb) -> float:
+    """Estimated PDF pages of an executed chapter notebook (see the constants above)."""
+    pages = 0.0
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            pages += len(re.sub(r"\{\{<.*?>\}\}", "x", cell.source).split()) / WORDS_PER_PAGE
+            continue
+        if re.search(r"^#\|\s*echo:\s*true", cell.source, re.M):
+            pages += sum(1 for line in cell.source.splitlines() if not line.startswith("#|")) / LINES_PER_PAGE
+        for output in cell.get("outputs", []):
+            data = output.get("data") or {}
+            if "image/png" in data:
+                pages += FIGURE_PAGES
+            elif "text/markdown" in data and "|---" in "".join(data["text/markdown"]):
+                pages += 0.12 + "".join(data["text/markdown"]).count("\n| ") / ROWS_PER_PAGE
+            elif "text/latex" in data:
+                pages += RICH_PAGES
+            elif "text/markdown" in data:
+                pages += len("".join(data["text/markdown"]).split()) / WORDS_PER_PAGE
+            elif output.get("output_type") == "stream":
+                pages += "".join(output.get("text", "")).count("\n") / LINES_PER_PAGE
+    return pages
