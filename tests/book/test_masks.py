@@ -81,3 +81,16 @@ def test_token_frame_labels_are_ids_or_minus_100():
             {"position": 1, "id": 7, "token": "Hi", "learned": True, "control": False}]
     df = masks.token_frame(rows)
     assert list(df["label"]) == [-100, 7] and list(df["control token"]) == ["yes", ""]
+
+
+def test_token_strips_can_wrap_in_html(gemma_tok, three_turn_conversation):
+    # Spans with nothing between them give a browser no place to break a line: one strip ran to
+    # 3,933 px. A <wbr> after every token lets it wrap inside the column.
+    from sftlab.book import masks
+    from sftlab.chat import encode_conversation, token_table
+
+    encoded = encode_conversation(gemma_tok, three_turn_conversation)
+    html, _ = masks.token_strip(token_table(gemma_tok, encoded))
+    assert html.count("<wbr>") == len(encoded["input_ids"])
+    panel = masks.mask_html(gemma_tok, encoded)
+    assert panel.count("<wbr>") == len(encoded["input_ids"]) and 'class="sftlab-tokens"' in panel
