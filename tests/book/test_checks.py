@@ -92,3 +92,25 @@ def test_a_chart_wider_than_the_column_is_found():
         cell.outputs = [nbformat.v4.new_output("display_data", data={"image/png": stored, "text/plain": "c"})]
         assert png_width(png) / PNG_SCALE > width
         assert bool(output_faults(nbformat.v4.new_notebook(cells=[cell]))) is too_wide
+
+
+def test_no_paragraph_appears_twice_in_the_book():
+    # Generated summaries used to reprint earlier paragraphs word for word (the Q5.2, Q5.6 and
+    # Q5.7 boxes); every paragraph of prose is now written once.
+    import re
+
+    from sftlab.notebooks.qmd import read_variables, substitute_variables
+
+    variables = read_variables(ROOT)
+    seen = {}
+    for chapter in chapter_files(ROOT):
+        for cell in quarto_notebook(chapter).cells:
+            if cell.cell_type != "markdown":
+                continue
+            for paragraph in re.split(r"\n\s*\n", substitute_variables(cell.source, variables)):
+                words = re.sub(r"<!--.*?-->", "", paragraph).split()
+                if len(words) < 12:
+                    continue
+                key = " ".join(words).lower()
+                assert key not in seen, f"{chapter.name} repeats a paragraph of {seen[key]}: {' '.join(words[:15])}..."
+                seen[key] = chapter.name
