@@ -112,7 +112,6 @@ def test_paired_multiturn_recall_needs_a_usable_reply(tmp_path):
 def test_recipe_differences_name_every_changed_key_and_only_those(tmp_path):
     import yaml
 
-    from sftlab.book.verdicts import recipe_difference_sentence
     from sftlab.compare import recipe_differences
 
     base = {"name": "a", "data": {"instructions": {"share": 0.6}, "eval_size": 60},
@@ -126,20 +125,17 @@ def test_recipe_differences_name_every_changed_key_and_only_those(tmp_path):
         (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(recipe))
     rows = recipe_differences(tmp_path / "a", tmp_path / "b", ignore=("evaluation.systems",))
     assert rows == [{"key": "data.instructions.share", "a": 0.6, "b": None}]  # `name` and ignored keys left out
-    assert "differ only in `data.instructions.share`" in recipe_difference_sentence(rows, "A", "B", "data.instructions")
-    # a second changed setting: the sentence says the comparison is not about the instructions alone
+    # a second changed setting is named too
     other["lora"]["lora_dropout"] = 0.05
     (tmp_path / "b" / "config.yaml").write_text(yaml.safe_dump(other))
     rows = recipe_differences(tmp_path / "a", tmp_path / "b", ignore=("evaluation.systems",))
     assert [r["key"] for r in rows] == ["data.instructions.share", "lora.lora_dropout"]
-    sentence = recipe_difference_sentence(rows, "A", "B", "data.instructions")
-    assert "not `data.instructions`'s alone" in sentence and "`lora.lora_dropout` `0.0` against `0.05`" in sentence
+    assert rows[1] == {"key": "lora.lora_dropout", "a": 0.0, "b": 0.05}
     with pytest.raises(ConfigError, match="no config.yaml"):
         recipe_differences(tmp_path / "a", tmp_path / "missing")
 
 
 def test_condition_differences_name_the_machine_and_packages_two_runs_differ_in(tmp_path):
-    from sftlab.book.verdicts import condition_difference_sentence
     from sftlab.compare import condition_differences
 
     run = {"hardware": {"cpu_kind": "AVX-512 BF16", "gpu": None, "processor": "AMD EPYC"},
@@ -153,9 +149,6 @@ def test_condition_differences_name_the_machine_and_packages_two_runs_differ_in(
     rows = condition_differences(tmp_path / "a", tmp_path / "b")
     assert rows == [{"key": "hardware.cpu_kind", "a": "AVX-512 BF16", "b": "AVX2"},
                     {"key": "training.bf16", "a": True, "b": False}]  # outcomes (train_loss) are not conditions
-    sentence = condition_difference_sentence(rows, "this run", "the other")
-    assert "`hardware.cpu_kind` `AVX-512 BF16` against `AVX2`" in sentence and "bf16 autocast" in sentence
     assert condition_differences(tmp_path / "a", tmp_path / "c") == []
-    assert condition_difference_sentence([], "this run", "the other") == ""
     with pytest.raises(ConfigError, match="no run.json"):
         condition_differences(tmp_path / "a", tmp_path / "missing")

@@ -1,16 +1,13 @@
-"""The ablation section: table, plot and sentences read each variant's paired differences from the control."""
+"""The ablation section: table and plot read each variant's paired differences from the control."""
 
 from __future__ import annotations
 
 import json
 
 from sftlab.book.ablations import (
-    ablation_sentences,
     ablation_table,
     chart_ablations,
-    improvements_status,
     load_summary,
-    sweep_time_sentence,
     variants_table,
 )
 
@@ -42,25 +39,6 @@ def test_table_shows_each_difference_with_its_interval_in_the_metric_unit():
     assert table.loc["control", "stop rate (held-out)"] == "–"  # the control is not compared with itself
     assert table.loc["control", "forgetting (SFT − base, plain text)"] == "+0.12 [+0.08, +0.16]"
     assert variants_table(SUMMARY).set_index("variant").loc["rank-4", "training (min)"] == 9.0
-
-
-def test_sentences_name_what_each_variant_changed_and_which_way():
-    text = ablation_sentences(SUMMARY)
-    assert "**rank-4** (LoRA rank 4): worse on held-out loss (nats/token) +0.05 [+0.02, +0.08], " \
-           "stop rate (held-out) -20 pp [-40, -5]." in text
-    assert "IFEval" not in text  # its interval includes zero
-    markup = {**SUMMARY, "variants": [{**SUMMARY["variants"][1], "description": "no <end_of_turn> row"}]}
-    assert r"no \<end\_of\_turn\> row" in ablation_sentences(markup)  # shown, not read as an HTML tag
-    assert "control" not in text.split("\n")[0].split(":")[0]
-    assert "2 runs took 0.6 hours" in sweep_time_sentence(SUMMARY) and "dora" in sweep_time_sentence(SUMMARY)
-
-
-def test_improvements_list_says_which_were_measured_and_what_they_changed():
-    text = improvements_status(SUMMARY, ["rank-4", "dora"])
-    assert "\n- **rank-4**: worse on held-out loss (nats/token) +0.05 [+0.02, +0.08]" in text
-    assert text.endswith("Not run yet, so still proposals: dora.")
-    assert "none of them is measured" in improvements_status(None, ["dora"])
-    assert improvements_status(SUMMARY, ["dora"]).startswith("None of them has finished")
 
 
 def test_plot_has_one_mark_per_variant_and_metric(tmp_path):

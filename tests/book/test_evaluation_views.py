@@ -1,11 +1,11 @@
-"""The evaluation chapter's new views on a real (tiny) run: paired comparisons, categories, the split
-loss, the IFEval reading and the published scores; every sentence built from the run's numbers."""
+"""The evaluation chapter's views on a real (tiny) run: paired comparisons, categories, the split
+loss, and the question table."""
 
 from __future__ import annotations
 
 import pytest
 
-from sftlab.book import charts, prose, tables, verdicts
+from sftlab.book import charts, questions, tables
 from sftlab.book.results import comparison
 
 
@@ -40,29 +40,6 @@ def test_categories_table_counts_every_reply(tiny_run):
         assert sum(int(cell.split(" ")[0]) for cell in df[system]) == n
 
 
-def test_sentences_come_from_the_numbers(tiny_run):
-    loss = tiny_run.metrics["heldout_loss"]["sft"]
-    text = prose.loss_split_sentence(tiny_run)
-    assert f"{loss['eot_nll']['value']:.1f} nats" in text
-    counts = tiny_run.metrics["systems"]["sft"]["heldout"]["categories"]
-    assert prose.category_sentence(tiny_run, "sft").startswith(f"Of LoRA SFT's {sum(counts.values())} replies")
-    assert "Prompt-level accuracy, counting only what each reply wrote itself" in prose.ifeval_sentence(tiny_run)
-    assert "tell the two apart" in verdicts.tally_sentence(tiny_run) or "separable" in verdicts.tally_sentence(tiny_run)
-
-
-def test_published_scores_carry_their_source_and_the_caveat(tiny_run):
-    text = prose.published_note(tiny_run)
-    assert "[@smollm2card]" in text and "[@gemma3270mcard]" in text
-    assert "not comparable one to one" in text
-    assert f"{len([s for s in tiny_run.samples if s['set'] == 'ifeval'])} prompts" in text
-
-
-def test_epoch_sentence_compares_training_and_held_out_loss(tiny_run):
-    text = prose.epoch_sentence(tiny_run)
-    held = tiny_run.metrics["heldout_loss"]["sft"]["mean_nll"]
-    assert f"{held:.2f} on held-out ones" in text
-
-
 @pytest.mark.parametrize("build", [
     lambda r: charts.chart_categories(r, "heldout"),
     lambda r: charts.chart_categories(r, "ifeval"),
@@ -74,6 +51,11 @@ def test_new_charts_build(tiny_run, build):
     assert spec["$schema"].startswith("https://vega.github.io/schema/vega-lite/")
 
 
-def test_old_runs_without_comparisons_fall_back_to_interval_overlap(results):
-    # The hand-made folder predates paired comparisons: the verdict says so.
-    assert "non-overlapping 95% intervals" in verdicts.tally_sentence(results)
+def test_question_table_has_one_row_per_question_with_both_paired_differences(tiny_run):
+    df = questions.question_table(tiny_run)
+    assert "Ends its reply by itself (held-out stop rate)" in df.index
+    stop = comparison(tiny_run, "sft", "base_chat", "stop_rate")
+    assert df.loc["Ends its reply by itself (held-out stop rate)", "LoRA SFT − base + template"].startswith(
+        f"{100 * stop['difference']:+.0f} pp")
+    assert "Answers checkable questions correctly (accuracy)" not in df.index  # no qa section in this run
+

@@ -54,8 +54,8 @@ def test_target_set_name_ignores_order():
     assert lora.target_set_name(["q_proj"]) is None
 
 
-def test_norm_facts_name_the_largest_update(fake_results):
+def test_norms_frame_names_the_kind_of_each_module(fake_results):
     frame = lora.lora_norms_frame(fake_results)
     assert set(frame["kind"]) == {"attention", "MLP"}
-    facts = lora.lora_norm_facts(frame)
-    assert facts[0].startswith("Largest relative update: layer 2, `down_proj`")
+    top = frame.loc[frame["relative_norm"].idxmax()]
+    assert (int(top["layer"]), top["module"]) == (2, "down_proj")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sftlab.book import catalog, prose, tables, verdicts
+from sftlab.book import catalog, tables
 from sftlab.book import results as results_mod
 
 
@@ -24,8 +24,6 @@ def test_tables_leave_out_systems_the_run_did_not_evaluate(tmp_path, monkeypatch
     assert list(tables.metrics_table(results).columns) == ["LoRA SFT"]
     assert list(tables.ifeval_table(results).columns) == ["n", "LoRA SFT"]
     assert "LoRA SFT" in tables.headline_table(results).columns
-    assert verdicts.compare(results, "stop_rate", "sft", "base_chat") is None
-    assert verdicts.findings(results).count("\n- ") == 0  # only the held-out loss has both systems
 
 
 def test_loss_table_reports_loss_and_perplexity(results):
@@ -60,13 +58,10 @@ def test_training_config_table_explains_sftlab_own_training_keys(results):
     assert df.loc[("SFTConfig", "loss_chunk_size"), "meaning"].startswith("labelled positions per output-layer chunk")
 
 
-def test_run_summary_and_which_run_note(results):
+def test_run_summary(results):
     df = tables.run_summary_table(results)
     assert df.loc["trainable parameters", "value"] == "3.80 M (1.40% of 271.9 M)"
     assert "CPU" in df.loc["hardware", "value"]
-    note = prose.which_run_note(results)
-    assert "default CPU run" in note and "15.0 min" in note and "configs/full.yaml" in note
-    assert "re-scored" not in note
 
 
 def test_data_steps_table_follows_the_report(results):
@@ -98,5 +93,3 @@ def test_role_leak_table_lists_each_flagged_reply_with_its_rule(results):
     row = df.iloc[0]
     assert row["system"] == catalog.label("base_chat") and row["prompt set"] == "heldout"
     assert row["rule"].startswith("5.") and "paymentsmodel⏎W" in row["excerpt"]
-    assert f"{catalog.label('base_chat')} 1 of" in prose.role_leak_sentence(results)
-    assert f"{catalog.label('sft')} 0 of" in prose.role_leak_sentence(results)

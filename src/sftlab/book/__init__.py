@@ -8,16 +8,17 @@ sees. Chapters import from here and from the core only.
     catalog       the systems and metrics: labels, colours, formats, meanings
     formatting    numbers and text as the book prints them ("0.175 [0.126, 0.216]", "12.6 min")
     display       show_table / show_markdown / show_chart / show_rich for HTML, PDF and notebooks
-    tables        every results table (evaluation, training recipe, run summary, data steps)
-    prose         sentences computed from the numbers (notes, findings, summaries)
-    verdicts      system against system (or run against run) from the paired intervals
+    tables        every results table (the question table, evaluation, recipe, run summary, data steps)
+    numbers       the numbers the prose prints, group by group (-> _variables.yml, `variables`)
+    claims        the claims the prose makes about the numbers, each checked against the results
+    checks        what a render would get wrong (glyphs, tags, widgets, widths), and a page estimate
     cards         side-by-side reply cards
     charts        every Altair chart
     masks         tokens, templates and loss masks drawn for the reader
     demos         live base/SFT models: loading a run's models, generating, showing generations
     architecture  the model's shape and where its parameters are
     lora          LoRA parameter calculator, one trained update, update norms
-    attention     attention by template segment, base vs SFT
+    attention     chapter 7's reader of inside.json (sftlab.inspect): attention, end-of-turn probability
 """
 
 import os as _os

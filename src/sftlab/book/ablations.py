@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..stats import verdict
 from .catalog import SET_LABELS, metric_spec
-from .formatting import fmt_diff, fmt_setting, md_escape
+from .formatting import fmt_diff
 
 # The rows of the ablation table and plot, in order: (prompt set, metric).
 ABLATION_METRICS = [("loss", "mean_nll"), ("heldout", "stop_rate"), ("ifeval", "prompt_level"),
@@ -91,35 +91,6 @@ def planned_table(sweep_file: str | Path = "configs/ablations.yaml") -> pd.DataF
                          for name in sweep["recipes"]])
 
 
-def budget_sentence(summary: dict, folder: str | Path = "results/ablations") -> str:
-    """The shared budget, read from the control run: conversations, epochs, optimizer steps."""
-    run = json.loads((Path(folder) / "control" / "run.json").read_text())["training"]
-    epochs = f" for {run['epochs']:g} epoch(s)," if run.get("epochs") else ""
-    return (f"Every run trains on {run['train_conversations']} conversations{epochs} "
-            f"{run['global_steps']} optimizer steps, unless its variant changes that.")
-
-
-def control_sentence(sweep_file: str | Path = "configs/ablations.yaml",
-                     default_run: str | Path = "results/default") -> str:
-    """Which recipe the sweep's control is, and how the default run's recipe differs from it (the
-    default can adopt a variant after the sweep measured it; the control stays pinned so that the
-    finished runs stay valid)."""
-    from ..compare import recipe_differences
-    from ..sweep import load_sweep
-
-    control = load_sweep(sweep_file)["control_path"]
-    shown = f"`{Path(sweep_file).parent.name}/{control.name}`"
-    if not (Path(default_run) / "config.yaml").is_file():
-        return f"The control is {shown}."
-    # which systems a run evaluates does not change what its model learns
-    rows = recipe_differences(control, default_run, ignore=("evaluation.systems",))
-    if not rows:
-        return f"The control ({shown}) is the default recipe of `{default_run}`, on the sweep's budget."
-    changes = "; ".join(f"`{r['key']}` {fmt_setting(r['a'])} → {fmt_setting(r['b'])}" for r in rows)
-    return (f"The control ({shown}) is the default recipe as the sweep measured it; the default run "
-            f"(`{default_run}`) has since changed {len(rows)} setting{'s' if len(rows) > 1 else ''}: {changes}.")
-
-
 def chart_ablations(summary: dict) -> alt.Chart:
     """Forest plot: one panel per metric, one line per variant, the paired difference from the
     control (dot) and its 95% interval (bar); an interval crossing the dashed zero line cannot
@@ -141,50 +112,3 @@ def chart_ablations(summary: dict) -> alt.Chart:
         facet=alt.Facet("metric:N", sort=list(dict.fromkeys(df["metric"])), title=None), columns=3,
     ).resolve_scale(x="independent").properties(
         title="Each variant against the control, paired on the same prompts (rates in percentage points)")
-
-
-def _reading(row: dict) -> str:
-    """What a variant changed against the control: the metrics whose interval excludes zero, each way."""
-    parts = {"better": [], "worse": []}
-    for set_, metric in ABLATION_METRICS:
-        d = _difference(row, set_, metric)
-        m = metric_spec(metric, set_)
-        v = verdict(d, m.better)
-        if v in parts:
-            parts[v].append(f"{_column(set_, metric)} {fmt_diff(d, m.kind)}")
-    if not parts["better"] and not parts["worse"]:
-        return "no metric separable from the control"
-    return "; ".join(f"{k} on {', '.join(v)}" for k, v in parts.items() if v)
-
-
-def ablation_sentences(summary: dict) -> str:
-    """One Markdown bullet per variant: the metrics on which its interval excludes zero, each way."""
-    return "\n".join(f"- **{row['variant']}** ({md_escape(row['description'])}): {_reading(row)}."  # "<end_of_turn>" stays visible
-                      for row in summary["variants"] if row["variant"] != "control")
-
-
-def improvements_status(summary: dict | None, names: list[str]) -> str:
-    """For chapter 6's list of improvements: which of the sweep variants `names` have run, with what
-    each changed against the control, and which are still proposals."""
-    if summary is None:
-        return "The sweep has not been run for this edition, so none of them is measured yet."
-    done = {row["variant"]: row for row in summary["variants"]}
-    measured = [f"- **{name}**: {_reading(done[name])}." for name in names if name in done]
-    waiting = [name for name in names if name not in done]
-    text = ("Measured on the sweep's budget, each against its control:\n\n" + "\n".join(measured)
-            if measured else "None of them has finished in the committed sweep.")
-    if waiting:
-        text += f"\n\nNot run yet, so still proposals: {', '.join(waiting)}."
-    return text
-
-
-def sweep_time_sentence(summary: dict) -> str:
-    """How long the sweep took, on which kind of CPU, from each run's run.json."""
-    runs = summary["variants"]
-    wall = sum(r["wall_s"] or 0 for r in runs) / 3600
-    train = sum(r["train_s"] or 0 for r in runs) / 3600
-    kinds = sorted({r["cpu_kind"] or "unknown" for r in runs})
-    missing = summary.get("missing") or []
-    tail = f" {len(missing)} variant(s) had not finished: {', '.join(missing)}." if missing else ""
-    return (f"The {len(runs)} runs took {wall:.1f} hours in all ({train:.1f} of them training), "
-            f"on a CPU of kind {', '.join(kinds)} (`cpu_kind` in each run.json).{tail}")

@@ -98,7 +98,7 @@ def late_ends_are_not_the_long_replies(root: Path) -> bool:
     return low is not None and high is not None and abs(low - high) <= 0.3 * high
 
 
-def _log(root: Path) -> list[dict]:
+def _train_log(root: Path) -> list[dict]:
     import json
 
     from .results import load_results
@@ -110,7 +110,7 @@ def _log(root: Path) -> list[dict]:
 def second_epoch_fits_training_not_heldout(root: Path) -> bool:
     """The lowest held-out loss of the run is at or before the end of the first epoch, the last is
     no lower than it, and the last epoch's mean training loss is at least 0.3 nats below the first's."""
-    log = _log(root)
+    log = _train_log(root)
     evals = [e for e in log if "eval_loss" in e]
     steps = [e for e in log if "loss" in e]
     best = min(evals, key=lambda e: e["eval_loss"])

@@ -63,8 +63,9 @@ def under_quarto() -> bool:
     return "QUARTO_FIG_FORMAT" in os.environ
 
 
-def write_vega_bundle(root=None) -> "Path":
-    """Write the shared libraries (`vega_bundle`) to VEGA_FILE in the project root, if they changed."""
+def write_vega_bundle(root=None):
+    """Write the shared libraries (`vega_bundle`) to VEGA_FILE in the project root, if they changed;
+    return its path."""
     from pathlib import Path
 
     from ..notebooks.layout import book_root

@@ -185,11 +185,6 @@ def latex_escape(text: str) -> str:
     return "".join(out)
 
 
-def fmt_setting(value) -> str:
-    """A recipe value in prose: `0.05` in code style, or "not set" for a missing or null key."""
-    return "not set" if value is None else f"`{value}`"
-
-
 
 _CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.S)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .results import Results, results_dir
+from .results import results_dir
 
 
 
@@ -157,46 +157,3 @@ def lora_norms_frame(results: str | Path | None = None):
     frame = pd.read_json(path / "lora_norms.jsonl", lines=True)
     frame["kind"] = frame["module"].map(lambda m: "MLP" if m in ("gate_proj", "up_proj", "down_proj") else "attention")
     return frame
-
-
-def lora_norm_facts(frame) -> list[str]:
-    """Sentences stating where the update is largest, computed from the norms (never typed)."""
-    top = frame.loc[frame["relative_norm"].idxmax()]
-    low = frame.loc[frame["relative_norm"].idxmin()]
-    by_module = frame.groupby("module")["relative_norm"].mean()
-    by_kind = frame.groupby("kind")["relative_norm"].mean()
-    by_layer = frame.groupby("layer")["relative_norm"].mean()
-    n = int(frame["layer"].max()) + 1
-    third = max(n // 3, 1)
-    early = by_layer[by_layer.index < third].mean()
-    late = by_layer[by_layer.index >= n - third].mean()
-    facts = [
-        f"Largest relative update: layer {int(top['layer'])}, `{top['module']}` "
-        f"({top['relative_norm']:.4f} of the weight's norm); smallest: layer {int(low['layer'])}, "
-        f"`{low['module']}` ({low['relative_norm']:.4f}).",
-        f"Module with the largest mean relative update: `{by_module.idxmax()}` ({by_module.max():.4f}); "
-        f"smallest: `{by_module.idxmin()}` ({by_module.min():.4f}).",
-        f"Mean relative update, attention vs MLP: {by_kind.get('attention', float('nan')):.4f} vs "
-        f"{by_kind.get('MLP', float('nan')):.4f}.",
-        f"Layer with the largest mean relative update: {int(by_layer.idxmax())}; first {third} layers average "
-        f"{early:.4f}, last {third} layers {late:.4f}.",
-    ]
-    return facts
-
-
-def lora_norm_summary(results: Results) -> str:
-    """Which module types and layers received the largest LoRA updates (relative to their weights)."""
-    df = results.lora_norms
-    if df.empty or "relative_norm" not in df:
-        return ""
-    by_module = df.groupby("module")["relative_norm"].mean().sort_values(ascending=False)
-    by_layer = df.dropna(subset=["layer"]).groupby("layer")["relative_norm"].mean()
-    top = df.loc[df["relative_norm"].idxmax()]
-    return (
-        f"Averaged over layers, the largest updates relative to the frozen weights are in "
-        f"`{by_module.index[0]}` ({by_module.iloc[0]:.4f}) and the smallest in `{by_module.index[-1]}` "
-        f"({by_module.iloc[-1]:.4f}); the single largest is `{top['module']}` of layer {int(top['layer'])} "
-        f"({top['relative_norm']:.4f}), and the layer with the largest mean update is layer "
-        f"{int(by_layer.idxmax())}. The largest ratio ‖ΔW‖/‖W‖ of any module is {df['relative_norm'].max():.4f}"
-        + (", so every update is under a tenth of the weight it modifies." if df["relative_norm"].max() < 0.1 else ".")
-    )

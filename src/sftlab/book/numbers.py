@@ -224,16 +224,16 @@ def failures_numbers(root: Path) -> dict:
     return out
 
 
-# Short keys for tables.QUESTIONS, in its order.
+# Short keys for questions.QUESTIONS, in its order.
 QUESTION_KEYS = ("loss", "stop", "leaks", "ifeval", "ood", "multiturn", "similarity", "qa")
 
 
 def evaluation_numbers(root: Path) -> dict:
     """Chapter 6 and the preface: every question's value per system and the paired differences of the
-    SFT model from the base model (with the template) and from SmolLM2 (`tables.QUESTIONS`)."""
+    SFT model from the base model (with the template) and from SmolLM2 (`questions.QUESTIONS`)."""
     from ..stats import verdict
     from .formatting import fmt_ci, fmt_diff
-    from .tables import QUESTIONS, _question_comparison, _question_entry
+    from .questions import QUESTIONS, _question_comparison, _question_entry
 
     import yaml
 
