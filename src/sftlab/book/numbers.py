@@ -37,6 +37,11 @@ def prob(p: float) -> str:
     return f"{p / 10 ** exponent:.1f}e{exponent}"
 
 
+def _setting(value) -> str:
+    """A recorded run condition as prose: True/False as on/off."""
+    return {True: "on", False: "off"}.get(value, str(value)) if isinstance(value, bool) else str(value)
+
+
 def _default(root: Path):
     return load_results("default", root=root, check=False)
 
@@ -262,6 +267,12 @@ def evaluation_numbers(root: Path) -> dict:
                 out[f"instructions_{r['set']}_{r['metric']}"] = fmt_diff(r, kind)
         no_instr = load_results(other.name, root=root, check=False).metrics["systems"]["sft"]["ifeval"]["prompt_level"]
         out["no_instructions_ifeval"] = fmt_ci(no_instr, "rate")
+        from ..compare import condition_differences
+
+        shown = {"hardware.cpu_kind": "CPU kind", "training.bf16": "bf16 autocast"}
+        diffs = [d for d in condition_differences(results.path, other) if d["key"] in shown]
+        out["no_instructions_conditions"] = ("; ".join(f"{shown[d['key']]} {_setting(d['b'])} there, {_setting(d['a'])} here" for d in diffs)
+                                             or "nothing else")
     for key, (_, section, metric, kind) in zip(QUESTION_KEYS, QUESTIONS):
         for system, name in (("base_chat", "base"), ("sft", "sft"), ("reference", "ref"), ("base_fewshot", "fewshot")):
             entry = _question_entry(results, section, metric, system)
