@@ -287,7 +287,52 @@ def sampling_favours_smollm2_on_instructions(root: Path) -> bool:
     return _includes_zero(c("greedy")) and c("sample-t0.7")["ci"][1] < 0
 
 
+def quoted_qa_replies_are_real(root: Path) -> bool:
+    """The replies chapter 6 quotes from the question set are in the committed samples: the few-shot
+    base model answering "What is 100 minus 37?" with "100", the SFT model writing "99 plus 1 is 100",
+    and an SFT reply credited as correct though it also says "equals 240"."""
+    from .results import load_results, samples
+
+    rows = {r["prompt"][-1]["content"]: r for r in samples(load_results("default", root=root, check=False), "qa")}
+    reply = lambda q, s: rows[q]["replies"][s]["text"] if q in rows else ""
+    credited = [r for r in rows.values() if r["replies"]["sft"].get("correct") and "equals 240" in r["replies"]["sft"]["text"]]
+    return (reply("What is 100 minus 37?", "base_fewshot").strip().startswith("100")
+            and "99 plus 1 is 100" in reply("What is 99 plus 1?", "sft") and bool(credited))
+
+
+def trials_not_separable(root: Path) -> bool:
+    """Every committed trial's trained model is not separable from the default's on IFEval-style
+    prompt level, paired on the same prompts."""
+    from ..compare import paired_run_differences
+    from .results import load_results
+    from .trials import trial_names
+
+    default = load_results("default", root=root, check=False).path
+    names = trial_names(default.parent / "trials")
+    rows = [next(r for r in paired_run_differences(default, default.parent / "trials" / n, "sft")
+                 if (r["set"], r["metric"]) == ("ifeval", "prompt_level")) for n in names]
+    return bool(rows) and all(_includes_zero(r) for r in rows)
+
+
+def smollm2_writes_longer(root: Path) -> bool:
+    """SmolLM2's held-out replies are longer than SFT's, and it stops less often, and SFT's are
+    shorter than the reference replies."""
+    import statistics
+
+    from .results import load_results, samples
+
+    m = _metrics(root)["systems"]
+    ref_words = statistics.mean(len(s["reference"].split())
+                                for s in samples(load_results("default", root=root, check=False), "heldout"))
+    return (m["reference"]["heldout"]["reply_length"]["value"] > m["sft"]["heldout"]["reply_length"]["value"]
+            and m["reference"]["heldout"]["stop_rate"]["value"] < m["sft"]["heldout"]["stop_rate"]["value"]
+            and m["sft"]["heldout"]["reply_length"]["value"] < ref_words)
+
+
 CLAIMS: dict[str, Callable[[Path], bool]] = {
+    "trials-not-separable": trials_not_separable,
+    "smollm2-writes-longer": smollm2_writes_longer,
+    "quoted-qa-replies-are-real": quoted_qa_replies_are_real,
     "ood-gain-not-separable": ood_gain_not_separable,
     "sft-knows-what-the-base-knew": sft_knows_what_the_base_knew,
     "stop-lead-depends-on-the-limit": stop_lead_depends_on_the_limit,

@@ -214,6 +214,7 @@ def failures_numbers(root: Path) -> dict:
     never = sorted(k for k, e in table.items() if e["passed"] == 0)
     out["never_passed"] = ", ".join(f"`{k}`" for k in never)
     out["never_passed_n"] = str(len(never))
+    out["never_passed_min_trained"] = str(min((trained_examples(per_type, k) for k in never), default=0))
     for system in ("sft", "reference", "base_chat"):
         replies = [r["replies"][system]["text"] for r in ifeval if system in r["replies"]]
         out[f"quoted_{system}"] = f"{sum(map(wrapped_in_quotes, replies))} of {len(replies)}"
