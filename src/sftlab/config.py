@@ -91,9 +91,6 @@ PREFERENCE_KEYS = {
     "samples_from": "a finished preference run whose prompts, samples and pairs this run trains on (its "
                     "sampling settings must be this recipe's; only the method and training differ); null: "
                     "sample here",
-    "samples_from": "a finished preference run whose prompts, samples and pairs this run trains on (its "
-                    "sampling settings must be this recipe's; only the method and training differ); null: "
-                    "sample here",
     "prompts": "instruction prompts (1-2 checkable instructions each) made from training conversations",
     "plain_prompts": "plain training prompts beside them, so that general replies are not forgotten",
     "types": "instruction types to draw from (default: all, sftlab.data.instructions.TYPE_NAMES)",

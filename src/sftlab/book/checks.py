@@ -136,14 +136,15 @@ def markdown_faults(markdown: str) -> list[str]:
 WORDS_PER_PAGE, LINES_PER_PAGE, FIGURE_PAGES, ROWS_PER_PAGE, RICH_PAGES = 480, 52, 0.42, 38, 0.3
 
 
-def page_estimate(nb) -> float:
-    """Estimated PDF pages of an executed chapter notebook (see the constants above)."""
+def page_estimate(nb, *, all_code: bool = False) -> float:
+    """Estimated PDF pages of an executed chapter notebook (see the constants above); `all_code`
+    counts every cell's code, as the PDF printed it before glue code was hidden."""
     pages = 0.0
     for cell in nb.cells:
         if cell.cell_type == "markdown":
             pages += len(re.sub(r"\{\{<.*?>\}\}", "x", cell.source).split()) / WORDS_PER_PAGE
             continue
-        if re.search(r"^#\|\s*echo:\s*true", cell.source, re.M):
+        if all_code or re.search(r"^#\|\s*echo:\s*true", cell.source, re.M):
             pages += sum(1 for line in cell.source.splitlines() if not line.startswith("#|")) / LINES_PER_PAGE
         for output in cell.get("outputs", []):
             data = output.get("data") or {}
