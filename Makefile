@@ -41,7 +41,7 @@ experiment: install
 	$(VENV)/bin/sftlab run $(CONFIG)
 
 $(RESULTS): | install
-	$(VENV)/bin/sftlab run configs/default.yaml
+	$(VENV)/bin/sftlab run configs/default.yaml --resume   # an interrupted default run continues
 
 notebooks: install
 	$(VENV)/bin/sftlab notebooks export

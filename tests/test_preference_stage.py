@@ -28,7 +28,13 @@ PREFERENCE = {"method": "dpo", "prompts": 6, "plain_prompts": 4, "samples": 2, "
 def sft_run(tmp_path_factory, tiny_model_dir):
     """A finished tiny SFT run (no preference stage): what a preference run starts from."""
     folder = tmp_path_factory.mktemp("sft")
-    return run_experiment(write_tiny_recipe(folder, tiny_model_dir), results_root=folder / "results", progress=False)
+    run = run_experiment(write_tiny_recipe(folder, tiny_model_dir), results_root=folder / "results", progress=False)
+    # as `sftlab evaluate-extra --sets decoding` leaves it: rows of another set that hold two systems only
+    extra = {"set": "decoding", "id": "d0", "prompt": [{"role": "user", "content": "Hi"}],
+             "replies": {s: {"text": "Hello.", "stopped": True, "n_tokens": 2} for s in ("sft", "reference")}}
+    with (run / "samples.jsonl").open("a") as f:
+        f.write(json.dumps(extra) + "\n")
+    return run
 
 
 def _recipe(folder, sft_run, name="tiny-dpo", **preference):
@@ -85,7 +91,9 @@ def test_the_sft_run_s_adapter_and_replies_are_reused(dpo_run, sft_run):
         for system in ("base_chat", "sft", "reference"):
             assert row["replies"][system]["text"] == theirs[(row["set"], row["id"])]["replies"][system]["text"]
     entry = json.loads((dpo_run / "run.json").read_text())["preference"]["sft_run"]
-    assert entry["path"] == str(sft_run) and "sft" in entry["reused_replies"]
+    assert entry["path"] == str(sft_run)
+    # every system the SFT run evaluated, although its extra sets' rows hold only two of them
+    assert set(entry["reused_replies"]) == set(json.loads((sft_run / "metrics.json").read_text())["systems"])
     assert entry["reused_losses"] == ["base_chat", "sft"]  # the same adapter on the same held-out set
     ours, base = (json.loads((f / "metrics.json").read_text())["heldout_loss"]["sft"]["mean_nll"]
                   for f in (dpo_run, sft_run))

@@ -102,6 +102,40 @@ def test_resume_refuses_a_changed_config(tmp_path, tiny_model_dir):
         run_experiment(recipe, results_root=tmp_path / "r", progress=False, resume=True)
 
 
+def _interrupted(tmp_path, recipe):
+    """A work folder as a killed run of `recipe` leaves it: its config stamp and one finished stage."""
+    from sftlab.config import config_hash, load_config
+
+    work = tmp_path / "r" / ".work-tiny"
+    work.mkdir(parents=True)
+    (work / "config_hash").write_text(config_hash(load_config(recipe)))
+    (work / "stage_pref_samples.json").write_text("{}")
+    return work
+
+
+def test_a_plain_run_never_discards_an_interrupted_run_of_the_same_recipe(tmp_path, tiny_model_dir):
+    from sftlab.errors import ConfigError
+
+    recipe = _recipe(tmp_path, tiny_model_dir)
+    work = _interrupted(tmp_path, recipe)
+    with pytest.raises(ConfigError, match=r"interrupted run of this recipe \(finished: pref_samples\).*--resume.*--fresh"):
+        run_experiment(recipe, results_root=tmp_path / "r", progress=False)
+    assert (work / "stage_pref_samples.json").exists()  # untouched
+
+
+def test_fresh_discards_it_and_the_cli_says_so(tmp_path, tiny_model_dir):
+    recipe = _recipe(tmp_path, tiny_model_dir)
+    work = _interrupted(tmp_path, recipe)
+    cli = [sys.executable, "-c", "import sys; from sftlab.cli import main; sys.exit(main())", "run", str(recipe), "--results", str(tmp_path / "r"), "--quiet"]
+    refused = subprocess.run(cli, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "--fresh" in refused.stderr and "Traceback" not in refused.stderr
+    done = subprocess.run([*cli, "--fresh"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"discarding {work}" in done.stderr and (tmp_path / "r" / "tiny" / "metrics.json").exists()
+    both = subprocess.run([*cli, "--fresh", "--resume"], capture_output=True, text=True, timeout=60)
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+
+
 def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path, tiny_model_dir):
     recipe = _recipe(tmp_path, tiny_model_dir)
     cfg = yaml.safe_load(recipe.read_text())

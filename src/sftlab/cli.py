@@ -41,7 +41,8 @@ def _cmd_data(args) -> int:
 def _cmd_run(args) -> int:
     from .experiment import run_experiment
 
-    out = run_experiment(args.config, results_root=args.results, progress=not args.quiet, resume=args.resume)
+    out = run_experiment(args.config, results_root=args.results, progress=not args.quiet, resume=args.resume,
+                         fresh=args.fresh)
     if out is not None:  # None: a process other than the main one under `accelerate launch`
         print(out)
     return 0
@@ -193,8 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="a run recipe, e.g. configs/default.yaml")
     run.add_argument("--results", default="results", help="folder that receives NAME/ (default: results)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
-    run.add_argument("--resume", action="store_true",
-                     help="continue an interrupted run of the same config from its last checkpoint")
+    again = run.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run of the same config from its last checkpoint")
+    again.add_argument("--fresh", action="store_true",
+                       help="discard an interrupted run of the same config and start over")
     run.set_defaults(func=_cmd_run)
     sweep = sub.add_parser("sweep", help="an ablation study: train and score each variant of a control recipe, "
                                          "then summarise each one's paired differences from the control")

@@ -104,13 +104,15 @@ def run_experiment(
     results_root: str | Path = "results",
     progress: bool = True,
     resume: bool = False,
+    fresh: bool = False,
 ) -> Path | None:
     """Run a recipe end to end; returns the results folder.
 
     With `resume=True` an interrupted run of the same config continues: finished
     stages (base evaluation, training, later evaluations) are read back from
     `results/.work-NAME/`, and training restarts from its last checkpoint
-    (`training.save_steps` sets how often one is written).
+    (`training.save_steps` sets how often one is written). Without it, an interrupted run of the
+    same config is an error unless `fresh=True` discards it.
 
     Under `accelerate launch` (or torchrun) every process trains its share of each batch;
     the main process alone then evaluates, writes results/NAME/ and returns it, the others
@@ -131,7 +133,7 @@ def run_experiment(
     refused = None
     if state.is_main_process:
         try:
-            _work_dir(results_root, name, config, resume)
+            _work_dir(results_root, name, config, resume, fresh)
         except ConfigError as exc:
             refused = exc
     state.wait_for_everyone()

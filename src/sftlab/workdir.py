@@ -62,10 +62,21 @@ def _write_jsonl(path: Path, rows) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _work_dir(results_root: Path, name: str, config: dict, resume: bool) -> Path:
-    """The run's working folder: fresh, or the interrupted one when resuming the same config."""
+def _work_dir(results_root: Path, name: str, config: dict, resume: bool, fresh: bool = False) -> Path:
+    """The run's working folder: fresh, or the interrupted one when resuming the same config.
+
+    An interrupted run of the same config is never discarded unasked (its sampling or training may
+    be hours of CPU): without `resume` or `fresh` that is an error that names both."""
     work = results_root / f".work-{name}"
     stamp = work / "config_hash"
+    same = stamp.is_file() and stamp.read_text().strip() == config_hash(config)
+    done = sorted(p.name[len("stage_"):-len(".json")] for p in work.glob("stage_*.json")) if work.is_dir() else []
+    if same and done and not resume and not fresh:
+        shown = ", ".join(done[:8]) + (f" and {len(done) - 8} more" if len(done) > 8 else "")
+        raise ConfigError(
+            f"{work} holds an interrupted run of this recipe (finished: {shown}); continue it with "
+            f"--resume, or discard it and start over with --fresh"
+        )
     if resume and work.exists():
         if not stamp.exists() or stamp.read_text().strip() != config_hash(config):
             raise ConfigError(
@@ -75,6 +86,8 @@ def _work_dir(results_root: Path, name: str, config: dict, resume: bool) -> Path
         return work
     if resume:
         _log(f"nothing to resume in {work}; starting afresh")
+    if work.exists() and not resume:
+        _log(f"discarding {work} ({'--fresh' if same else 'started with another recipe'})")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     stamp.write_text(config_hash(config))

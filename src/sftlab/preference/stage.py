@@ -112,7 +112,10 @@ def _reuse_replies(ctx, src: Path, theirs: dict) -> list[str]:
         if [(r["id"], r["prompt"]) for r in by_set[name]] != prompts:
             _log(f"not reusing {src}'s replies: its {name} prompts differ from this run's")
             return []
-    systems = [s for s in ctx.eval_cfg["systems"] if all(s in r["replies"] for r in rows)]
+    # only the three sets reused here: `sftlab evaluate-extra` adds rows (decoding, qa, ...) that
+    # hold fewer systems, and must not make the base systems look missing
+    reused_rows = [r for name in ours for r in by_set[name]]
+    systems = [s for s in ctx.eval_cfg["systems"] if all(s in r["replies"] for r in reused_rows)]
     for s in systems:
         if ctx.stages.get(f"replies_{s}") is None:
             ctx.stages.put(f"replies_{s}", {name: [{k: r["replies"][s][k] for k in ("text", "stopped", "n_tokens")
