@@ -102,7 +102,9 @@ def _sample_values(row: dict, reply: dict) -> dict:
            "reply_length": float(M.reply_length(reply["text"]))}
     if "category" in reply:
         out["canned_rate"] = float(canned(reply["category"]))
-    if row["set"] in ("ifeval", "multiturn") and reply.get("checks_passed") is not None:
+    if row["set"] == "qa" and "correct" in reply:  # written by sftlab.extra_scores.score_qa
+        out["accuracy"] = float(bool(reply["correct"]))
+    if row["set"] in ("ifeval", "multiturn", "ood") and reply.get("checks_passed") is not None:
         passed = all(reply["checks_passed"])
         if row["set"] == "multiturn":  # a probe passes only in a usable reply (`multiturn.score_probe`)
             passed = passed and reply.get("usable", True)
@@ -113,8 +115,8 @@ def _sample_values(row: dict, reply: dict) -> dict:
 def paired_run_differences(a_dir: str | Path, b_dir: str | Path, system: str = "sft", *,
                            n_resamples: int = 1000, seed: int = 0) -> list[dict]:
     """Run A's `system` against run B's on the prompts both answered (matched by prompt set and id):
-    paired differences A - B of the stop rate, canned replies and, for IFEval-style and multi-turn
-    prompts, prompt-level accuracy. The same rows as metrics.json's "comparisons", with
+    paired differences A - B of the stop rate, canned replies and, for IFEval-style, multi-turn and
+    untrained-instruction (ood) prompts, prompt-level accuracy; for the questions (qa), accuracy. The same rows as metrics.json's "comparisons", with
     "a" and "b" naming the runs. For an ablation, A is the variant and B the control.
     """
     from .stats import paired_difference

@@ -51,3 +51,35 @@ def test_plot_has_one_mark_per_variant_and_metric(tmp_path):
     assert load_summary(tmp_path) is None
     (tmp_path / "summary.json").write_text(json.dumps(SUMMARY))
     assert load_summary(tmp_path)["missing"] == ["dora"]
+
+
+def test_the_control_row_shows_the_control_s_own_values():
+    control = {"systems": {"sft": {"heldout": {"stop_rate": {"value": 0.7, "ci": [0.5, 0.85]}},
+                                   "ifeval": {"prompt_level": {"value": 0.2, "ci": [0.1, 0.3]}}}},
+               "heldout_loss": {"sft": {"mean_nll": 1.73, "ci": [1.65, 1.8]}},
+               "qa": {"systems": {"sft": {"accuracy": {"value": 0.29, "ci": [0.22, 0.36]}}}}}
+    table = ablation_table(SUMMARY, control).set_index("variant")
+    assert table.loc["control", "stop rate (held-out)"] == "70% [50%, 85%]"
+    assert table.loc["control", "held-out loss (nats/token)"] == "1.73 [1.65, 1.80]"
+    assert table.loc["control", "question accuracy"] == "29% [22%, 36%]"
+    assert table.loc["control", "untrained-instruction accuracy"] == "–"  # not measured in this run
+    assert table.loc["rank-4", "stop rate (held-out)"] == "-20 pp [-40, -5]"  # variants keep their differences
+    assert "plain-text loss (nats/token)" not in table  # it is the forgetting column's difference
+
+
+def test_question_and_untrained_instruction_replies_are_paired_between_runs(tmp_path):
+    from sftlab.compare import paired_run_differences
+
+    def run(folder, correct, passed):
+        folder.mkdir()
+        rows = [{"set": "qa", "id": f"q{i}", "replies": {"sft": {"text": "x", "stopped": True, "correct": c}}}
+                for i, c in enumerate(correct)]
+        rows += [{"set": "ood", "id": f"o{i}", "replies": {"sft": {"text": "x", "stopped": True,
+                                                                 "checks_passed": [p]}}} for i, p in enumerate(passed)]
+        (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return folder
+
+    a = run(tmp_path / "a", [True, True, False, True], [True, False])
+    b = run(tmp_path / "b", [False, True, False, False], [False, False])
+    got = {(d["set"], d["metric"]): d["difference"] for d in paired_run_differences(a, b, n_resamples=50)}
+    assert got[("qa", "accuracy")] == 0.5 and got[("ood", "prompt_level")] == 0.5

@@ -17,12 +17,15 @@ import pandas as pd
 
 from ..stats import verdict
 from .catalog import SET_LABELS, metric_spec
-from .formatting import fmt_diff
+from .formatting import fmt_ci, fmt_diff
 
 # The rows of the ablation table and plot, in order: (prompt set, metric).
 ABLATION_METRICS = [("loss", "mean_nll"), ("heldout", "stop_rate"), ("ifeval", "prompt_level"),
-                    ("multiturn", "prompt_level"), ("heldout", "role_leak_rate"), ("heldout", "reply_length"),
-                    ("plain_text", "mean_nll")]
+                    ("multiturn", "prompt_level"), ("qa", "accuracy"), ("ood", "prompt_level"),
+                    ("heldout", "role_leak_rate"), ("heldout", "reply_length"), ("plain_text", "mean_nll")]
+# The table leaves out the plain-text loss: its difference from the control is the difference of
+# the forgetting column (the base model is the same in every run), which the table shows per run.
+TABLE_METRICS = [m for m in ABLATION_METRICS if m[0] != "plain_text"]
 READINGS = {"better": "better than the control", "worse": "worse than the control", "unclear": "not separable",
             "": "no better direction"}
 
@@ -35,13 +38,32 @@ def load_summary(folder: str | Path = "results/ablations") -> dict | None:
 
 def _column(set_: str, metric: str) -> str:
     m = metric_spec(metric, set_)
-    if set_ in ("loss", "plain_text") or SET_LABELS[set_].lower() in m.label.lower():
+    if set_ in ("loss", "plain_text", "qa", "ood") or SET_LABELS[set_].lower() in m.label.lower():
         return m.label  # "IFEval prompt-level accuracy" names its prompt set already
+    if m.label.endswith(")"):  # "reply length (words)" -> "reply length (words, held-out)"
+        return f"{m.label[:-1]}, {SET_LABELS[set_]})"
     return f"{m.label} ({SET_LABELS[set_]})"
 
 
 def _difference(row: dict, set_: str, metric: str) -> dict | None:
     return next((d for d in row["differences"] if d["set"] == set_ and d["metric"] == metric), None)
+
+
+def control_value(metrics: dict, set_: str, metric: str) -> dict | None:
+    """The SFT model's own value of one ablation metric in a run's metrics.json ({"value", "ci"}),
+    or None where the run did not measure it (an older run without the extra sets)."""
+    if set_ in ("loss", "plain_text"):
+        entry = (metrics.get("heldout_loss" if set_ == "loss" else "plain_text_loss") or {}).get("sft")
+        return None if entry is None else {"value": entry[metric], "ci": entry.get("ci")}
+    if set_ in ("qa", "ood"):
+        return ((metrics.get(set_) or {}).get("systems", {}).get("sft") or {}).get(metric)
+    return metrics["systems"]["sft"].get(set_, {}).get(metric)
+
+
+def load_control_metrics(folder: str | Path = "results/ablations") -> dict | None:
+    """The control run's metrics.json (its absolute values stand beside the variants' differences)."""
+    path = Path(folder) / "control" / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def ablation_frame(summary: dict) -> pd.DataFrame:
@@ -60,14 +82,20 @@ def ablation_frame(summary: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["variant", "metric", "difference", "lo", "hi", "reading", "n"])
 
 
-def ablation_table(summary: dict) -> pd.DataFrame:
+def ablation_table(summary: dict, control: dict | None = None) -> pd.DataFrame:
     """Each variant against the control: paired difference [95% interval] per metric (rates in
-    percentage points), and the run's own forgetting (SFT minus base loss on plain prose)."""
+    percentage points), and the run's own forgetting (SFT minus base loss on plain prose). With
+    `control` (its metrics.json), the control's row holds its own values [95% interval]."""
     out = []
     for row in summary["variants"]:
         entry = {"variant": row["variant"]}
-        for set_, metric in ABLATION_METRICS:
-            entry[_column(set_, metric)] = fmt_diff(_difference(row, set_, metric), metric_spec(metric, set_).kind)
+        is_control = row["variant"] == summary.get("control", "control")
+        for set_, metric in TABLE_METRICS:
+            kind = metric_spec(metric, set_).kind
+            if is_control and control is not None:
+                entry[_column(set_, metric)] = fmt_ci(control_value(control, set_, metric), kind)
+            else:
+                entry[_column(set_, metric)] = fmt_diff(_difference(row, set_, metric), kind)
         forgot = row["forgetting"][0] if row["forgetting"] else None
         entry["forgetting (SFT − base, plain text)"] = fmt_diff(forgot, "nats")
         out.append(entry)

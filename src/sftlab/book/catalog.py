@@ -127,10 +127,26 @@ PLAIN_TEXT_METRICS = [
 ]
 
 
-METRIC_SETS = {"heldout": HELDOUT_METRICS, "ifeval": IFEVAL_METRICS, "multiturn": MULTITURN_METRICS,
+QA_METRICS = [
+    Metric("accuracy", "question accuracy", "rate", "higher",
+           "share of the questions with checkable answers whose reply contains a right answer and no listed "
+           "wrong one (sftlab.qa)"),
+    Metric("stop_rate", "stop rate (questions)", "rate", "higher", "share of question replies that ended"),
+]
+
+
+OOD_METRICS = [
+    Metric("prompt_level", "untrained-instruction accuracy", "rate", "higher",
+           "share of the prompts with instruction types absent from training whose every instruction is followed"),
+    Metric("stop_rate", "stop rate (untrained instructions)", "rate", "higher",
+           "share of those replies that ended"),
+]
+
+
+METRIC_SETS = {"heldout": HELDOUT_METRICS, "qa": QA_METRICS, "ood": OOD_METRICS, "ifeval": IFEVAL_METRICS, "multiturn": MULTITURN_METRICS,
                "loss": LOSS_METRICS, "plain_text": PLAIN_TEXT_METRICS}
 SET_LABELS = {"loss": "held-out loss", "heldout": "held-out", "ifeval": "IFEval", "multiturn": "multi-turn",
-              "plain_text": "plain text"}
+              "plain_text": "plain text", "qa": "questions", "ood": "untrained instructions"}
 
 
 METRICS = {m.key: m for m in HELDOUT_METRICS}
