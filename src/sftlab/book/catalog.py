@@ -24,6 +24,7 @@ SYSTEM_LABELS = {
     "sft": "LoRA SFT",
     "sft_continuation": "LoRA SFT (plain text)",
     "reference": "SmolLM2-135M-Instruct",
+    "preference": "SFT + preference stage",  # sftlab.preference: DPO or rejection sampling on the SFT model
 }
 
 
@@ -43,6 +44,7 @@ SYSTEM_COLORS = {
     "sft": "#0072b2",  # blue: after LoRA SFT
     "sft_continuation": "#56b4e9",  # light blue: after LoRA SFT, without the template
     "reference": "#009e73",  # green: a published post-trained model
+    "preference": "#cc79a7",  # purple: the SFT model after the preference stage
 }
 
 

@@ -1,0 +1,183 @@
+"""Beyond SFT: the preference stage (`sftlab.preference`) shown in chapter 6.
+
+Reads the finished preference runs (results/preference-dpo and results/preference-rft, the same
+SFT model, prompts and samples, two ways of learning from them) and gives the chapter its
+tables and figures: how often the SFT model's own samples passed their checks before the stage,
+how the pairs were made, DPO's training curves, each method's model against the SFT model and
+SmolLM2 on the same prompts, and the prompts shown side by side, picked by a stated rule.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+
+from ..stats import verdict
+from .catalog import metric_spec
+from .formatting import fmt_ci, fmt_diff
+from .results import Results, load_results, project_root, samples
+
+RUNS = {"dpo": "preference-dpo", "rft": "preference-rft"}  # results/NAME, by method
+METHOD_LABELS = {"dpo": "DPO", "rft": "RFT"}
+METHOD_NAMES = {"dpo": "DPO on preference pairs", "rft": "rejection-sampling fine-tuning (SFT on the chosen replies)"}
+
+# (set, metric) compared before and after the stage, in the table's order.
+COMPARED = [("ifeval", "prompt_level"), ("heldout", "stop_rate"), ("heldout", "role_leak_rate"),
+            ("multiturn", "prompt_level"), ("heldout", "reply_length"), ("loss", "mean_nll"),
+            ("plain_text", "mean_nll")]
+ROW_LABELS = {("ifeval", "prompt_level"): "IFEval-style prompt level", ("heldout", "stop_rate"): "held-out stop rate",
+              ("heldout", "role_leak_rate"): "held-out role-leak rate", ("multiturn", "prompt_level"): "multi-turn recall",
+              ("heldout", "reply_length"): "held-out reply length (words)",
+              ("loss", "mean_nll"): "held-out loss (nats/token)", ("plain_text", "mean_nll"): "plain-text loss (nats/token)"}
+
+
+def load_runs(root: str | Path | None = None) -> dict[str, Results]:
+    """The finished preference runs, by method ("dpo", "rft"); {} when none has run."""
+    root = Path(root) if root is not None else project_root()
+    out = {}
+    for method, name in RUNS.items():
+        if (root / "results" / name / "run.json").is_file():
+            run = load_results(name, root=root, check=False)
+            if (run.run.get("preference") or {}).get("method") != method:
+                raise ValueError(f"results/{name} holds a {run.run.get('preference', {}).get('method')!r} run, "
+                                 f"not {method!r}: the book reads each method from its own folder")
+            out[method] = run
+    return out
+
+
+def pairs_report(run: Results) -> dict:
+    return json.loads((run.path / "pairs_report.json").read_text())
+
+
+def pass_rates_table(report: dict) -> pd.DataFrame:
+    """Each check of the instruction prompts: how many of the SFT model's samples carried it and how
+    many passed, before the stage trained on anything; lowest pass rate first."""
+    rows = [{"check": check, "samples": e["samples"], "passed": e["passed"], "pass rate": 100.0 * e["rate"]}
+            for check, e in report["instruction"]["per_check"].items()]
+    return pd.DataFrame(rows).sort_values(["pass rate", "check"]).reset_index(drop=True)
+
+
+def pairs_by_type_table(report: dict) -> pd.DataFrame:
+    """Each instruction type (one or two checks) of the prompt pool: prompts, samples that pass,
+    pairs made, how many of those have a repaired chosen reply, and the prompts dropped, by reason."""
+    rows = []
+    for kind, e in report["instruction"]["per_type"].items():
+        rows.append({"instruction type": kind, "prompts": e["prompts"], "passing samples": f"{e['passing']} of {e['samples']}",
+                     "pairs": e["pairs"], "repaired": e["repaired"],
+                     "dropped": ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(e["dropped"].items()))})
+    return pd.DataFrame(rows)
+
+
+def training_frame(run: Results) -> pd.DataFrame:
+    """The stage's training log (preference_train_log.jsonl), one row per logged step."""
+    path = run.path / "preference_train_log.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return pd.DataFrame([r for r in rows if "loss" in r and "step" in r])
+
+
+def chart_training(run: Results) -> alt.Chart:
+    """DPO's curves that matter: the reward margin (chosen minus rejected, in units of beta times
+    the log-ratio to the reference), the share of pairs whose chosen reply gets the higher reward,
+    and the policy's log-probability of the chosen and rejected replies."""
+    log = training_frame(run)
+    panels = {"reward margin": ["rewards/margins"], "pairs ranked right": ["rewards/accuracies"],
+              "log-probability of the reply": ["logps/chosen", "logps/rejected"]}
+    names = {"rewards/margins": "margin", "rewards/accuracies": "share ranked right",
+             "logps/chosen": "chosen", "logps/rejected": "rejected"}
+    missing = [c for cols in panels.values() for c in cols if c not in log]
+    if missing:
+        raise KeyError(f"{run.path / 'preference_train_log.jsonl'} has no {', '.join(missing)}: is it a DPO run?")
+    charts = []
+    for title, cols in panels.items():
+        long = log.melt(id_vars=["step"], value_vars=cols, var_name="series", value_name="value")
+        long["series"] = long["series"].map(names)
+        charts.append(alt.Chart(long, title=title).mark_line(point=True).encode(
+            x=alt.X("step:Q", title="optimizer step"), y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
+            color=alt.Color("series:N", title=None, legend=alt.Legend(orient="bottom") if len(cols) > 1 else None),
+            tooltip=["step", "series", alt.Tooltip("value:Q", format=".3f")]).properties(width=170, height=150))
+    return alt.hconcat(*charts)
+
+
+def _value(run: Results, system: str, set_: str, metric: str) -> dict | None:
+    m = run.metrics
+    if set_ in ("loss", "plain_text"):
+        entry = (m.get("heldout_loss" if set_ == "loss" else "plain_text_loss") or {}).get(system)
+        return None if entry is None else {"value": entry["mean_nll"], "ci": entry.get("ci")}
+    return ((m.get("systems") or {}).get(system) or {}).get(set_, {}).get(metric)
+
+
+def comparison(run: Results, b: str, set_: str, metric: str) -> dict | None:
+    """The run's paired difference "preference" minus `b` ("sft" or "reference") on one metric."""
+    return next((c for c in run.metrics.get("comparisons", [])
+                 if (c["a"], c["b"], c["set"], c["metric"]) == ("preference", b, set_, metric)), None)
+
+
+def comparison_table(runs: dict[str, Results]) -> pd.DataFrame:
+    """Before and after the stage on the same prompts: the SFT model, each method's model with its
+    paired difference from the SFT model, and SmolLM2 (rates in %, differences in points)."""
+    first = next(iter(runs.values()))
+    rows = []
+    for set_, metric in COMPARED:
+        kind = metric_spec(metric, set_).kind
+        row = {"metric": ROW_LABELS[(set_, metric)], "LoRA SFT": fmt_ci(_value(first, "sft", set_, metric), kind)}
+        for method, run in runs.items():
+            row[METHOD_LABELS[method]] = fmt_ci(_value(run, "preference", set_, metric), kind)
+            row[f"{METHOD_LABELS[method]} − SFT"] = fmt_diff(comparison(run, "sft", set_, metric), kind)
+        row["SmolLM2"] = fmt_ci(_value(first, "reference", set_, metric), kind)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def decision(run: Results) -> dict:
+    """The adoption rule of issue 28, decided before the runs: the stage replaces the SFT-only
+    default when its IFEval-style prompt level beats the SFT model's by a paired interval above 0
+    and neither its held-out stop rate nor its role-leak rate gets worse by an interval that
+    excludes 0."""
+    ifeval = comparison(run, "sft", "ifeval", "prompt_level")
+    stop = comparison(run, "sft", "heldout", "stop_rate")
+    leak = comparison(run, "sft", "heldout", "role_leak_rate")
+    missing = [n for n, c in (("IFEval", ifeval), ("stop rate", stop), ("role leaks", leak)) if c is None]
+    if missing:
+        raise KeyError(f"{run.path / 'metrics.json'} has no preference - sft comparison for {', '.join(missing)}")
+    gain = verdict(ifeval, "higher") == "better"
+    kept = verdict(stop, "higher") != "worse" and verdict(leak, "lower") != "worse"
+    return {"ifeval": ifeval, "stop": stop, "leak": leak, "gain": gain, "kept": kept, "adopted": gain and kept}
+
+
+def best_method(runs: dict[str, Results]) -> str:
+    """The method whose model has the higher IFEval-style prompt level (the cheaper one, RFT, on a tie)."""
+    def key(method):
+        return (_value(runs[method], "preference", "ifeval", "prompt_level")["value"], method == "rft")
+
+    return max(runs, key=key)
+
+
+def _passed(reply: dict | None) -> bool:
+    return bool(reply) and bool(reply.get("checks_passed")) and all(reply["checks_passed"])
+
+
+def example_ids(run: Results) -> list[str]:
+    """The IFEval-style prompts shown side by side, by rule: the first (in the evaluation's order)
+    that the stage's model passes and the SFT model fails, and the first the other way round; where
+    either does not exist, the first prompt whose two replies differ."""
+    rows = samples(run, "ifeval")
+    win = next((r for r in rows if _passed(r["replies"].get("preference")) and not _passed(r["replies"].get("sft"))), None)
+    loss = next((r for r in rows if _passed(r["replies"].get("sft")) and not _passed(r["replies"].get("preference"))), None)
+    picked = [r for r in (win, loss) if r is not None]
+    if len(picked) < 2:
+        differ = [r for r in rows if r not in picked
+                  and r["replies"].get("preference", {}).get("text") != r["replies"].get("sft", {}).get("text")]
+        picked += differ[:2 - len(picked)]
+    return [str(r["id"]) for r in picked]
+
+
+def wins_and_losses(run: Results) -> dict:
+    """On the IFEval-style prompts: how many the stage's model passes that the SFT model fails, and
+    the other way round (the discordant pairs behind the paired difference)."""
+    rows = samples(run, "ifeval")
+    won = sum(_passed(r["replies"].get("preference")) and not _passed(r["replies"].get("sft")) for r in rows)
+    lost = sum(_passed(r["replies"].get("sft")) and not _passed(r["replies"].get("preference")) for r in rows)
+    return {"won": won, "lost": lost, "n": len(rows)}
