@@ -73,23 +73,25 @@ def test_tables_show_values_differences_and_pass_rates(tmp_path):
     _run(tmp_path, "dpo")
     _run(tmp_path, "rft", ifeval=(0.3, -0.05, 0.25))
     runs = P.load_runs(tmp_path)
-    table = P.comparison_table(runs).set_index("metric")
+    table = P.before_after_table(runs).set_index("metric")
     assert table.loc["IFEval-style prompt level", "DPO"] == "40% [30%, 50%]"
     assert table.loc["IFEval-style prompt level", "DPO − SFT"] == "+20 pp [+5, +30]"
     assert table.loc["IFEval-style prompt level", "RFT − SFT"] == "+10 pp [-5, +25]"
     assert table.loc["IFEval-style prompt level", "SmolLM2"] == "30% [20%, 40%]"
-    rates = P.pass_rates_table(P.pairs_report(runs["dpo"]))
+    rates = P.pass_rates_table(P.load_pairs_report(runs["dpo"]))
     assert list(rates["check"]) == ["all_lowercase", "max_words"] and list(rates["pass rate"]) == [0.0, 75.0]
-    types = P.pairs_by_type_table(P.pairs_report(runs["dpo"])).iloc[0]
+    bars = next(iter(P.chart_pass_rates(P.load_pairs_report(runs["dpo"])).to_dict()["datasets"].values()))
+    assert [b["label"] for b in bars] == ["0 of 12", "9 of 12"]
+    types = P.pairs_by_type_table(P.load_pairs_report(runs["dpo"])).iloc[0]
     assert (types["passing samples"], types["repaired"], types["dropped"]) == ("0 of 12", 2, "1 repair failed")
 
 
 def test_the_prompts_shown_are_one_win_and_one_loss(tmp_path):
     runs = P.load_runs(_run(tmp_path, "dpo").parents[1])
-    assert P.example_ids(runs["dpo"]) == ["if-0", "if-1"]
+    assert P.shown_ids(runs["dpo"]) == ["if-0", "if-1"]
     assert P.wins_and_losses(runs["dpo"]) == {"won": 1, "lost": 1, "n": 3}
     other = P.load_runs(_run(tmp_path / "x", "dpo", passes=[(False, True), (False, True), (True, True)]).parents[1])
-    assert P.example_ids(other["dpo"]) == ["if-0", "if-1"]  # no loss: the next prompt whose replies differ
+    assert P.shown_ids(other["dpo"]) == ["if-0", "if-1"]  # no loss: the next prompt whose replies differ
 
 
 def test_the_training_chart_has_margin_accuracy_and_both_log_probabilities(tmp_path):

@@ -373,7 +373,7 @@ def preference_numbers(root: Path) -> dict | None:
     if not runs:
         return None
     first = next(iter(runs.values()))
-    report = P.pairs_report(first)
+    report = P.load_pairs_report(first)
     ins, settings = report["instruction"], report["settings"]
     rates = P.pass_rates_table(report)
     out = {"samples_n": str(report["samples"]["n"]), "samples_per_prompt": str(settings["samples"]),
@@ -392,20 +392,20 @@ def preference_numbers(root: Path) -> dict | None:
            "dropped": "; ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in
                                 sorted(report["dropped"].items(), key=lambda kv: -kv[1])) or "none",
            "rft_n": str(report["rft"]["n"]), "rft_repaired": str(report["rft"]["by_chosen_kind"].get("repaired", 0)),
-           "sft_ifeval": fmt_ci(P._value(first, "sft", "ifeval", "prompt_level"), "rate"),
-           "ref_ifeval": fmt_ci(P._value(first, "reference", "ifeval", "prompt_level"), "rate"),
+           "sft_ifeval": fmt_ci(P._system_value(first, "sft", "ifeval", "prompt_level"), "rate"),
+           "ref_ifeval": fmt_ci(P._system_value(first, "reference", "ifeval", "prompt_level"), "rate"),
            "cpu_kind": str((first.run.get("hardware") or {}).get("cpu_kind"))}
     for method, run in runs.items():
         m = method
-        out[f"{m}_ifeval"] = fmt_ci(P._value(run, "preference", "ifeval", "prompt_level"), "rate")
-        out[f"{m}_stop"] = fmt_ci(P._value(run, "preference", "heldout", "stop_rate"), "rate")
-        out[f"{m}_leak"] = fmt_ci(P._value(run, "preference", "heldout", "role_leak_rate"), "rate")
+        out[f"{m}_ifeval"] = fmt_ci(P._system_value(run, "preference", "ifeval", "prompt_level"), "rate")
+        out[f"{m}_stop"] = fmt_ci(P._system_value(run, "preference", "heldout", "stop_rate"), "rate")
+        out[f"{m}_leak"] = fmt_ci(P._system_value(run, "preference", "heldout", "role_leak_rate"), "rate")
         for b, bname in (("sft", "sft"), ("reference", "ref")):
             for (set_, metric), key in ((("ifeval", "prompt_level"), "ifeval"), (("heldout", "stop_rate"), "stop"),
                                         (("heldout", "role_leak_rate"), "leak"), (("multiturn", "prompt_level"), "multiturn"),
                                         (("loss", "mean_nll"), "loss"), (("plain_text", "mean_nll"), "plain"),
                                         (("heldout", "reply_length"), "length")):
-                c = P.comparison(run, b, set_, metric)
+                c = P.stage_comparison(run, b, set_, metric)
                 if c is not None:
                     kind = "nats" if set_ in ("loss", "plain_text") else ("length" if metric == "reply_length" else "rate")
                     out[f"{m}_{key}_vs_{bname}"] = fmt_diff(c, kind)

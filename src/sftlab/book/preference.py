@@ -48,7 +48,7 @@ def load_runs(root: str | Path | None = None) -> dict[str, Results]:
     return out
 
 
-def pairs_report(run: Results) -> dict:
+def load_pairs_report(run: Results) -> dict:
     return json.loads((run.path / "pairs_report.json").read_text())
 
 
@@ -58,6 +58,19 @@ def pass_rates_table(report: dict) -> pd.DataFrame:
     rows = [{"check": check, "samples": e["samples"], "passed": e["passed"], "pass rate": 100.0 * e["rate"]}
             for check, e in report["instruction"]["per_check"].items()]
     return pd.DataFrame(rows).sort_values(["pass rate", "check"]).reset_index(drop=True)
+
+
+def chart_pass_rates(report: dict) -> alt.Chart:
+    """The SFT model's own samples before the stage: the share that passes each check, one bar per
+    check, with the number of samples that carried it."""
+    table = pass_rates_table(report)
+    table["label"] = table["passed"].astype(str) + " of " + table["samples"].astype(str)
+    base = alt.Chart(table).encode(y=alt.Y("check:N", sort=list(table["check"]), title=None))
+    bars = base.mark_bar(color="#0072b2").encode(
+        x=alt.X("pass rate:Q", title="samples that pass the check (%)", scale=alt.Scale(domain=[0, 100])),
+        tooltip=["check", "samples", "passed", alt.Tooltip("pass rate:Q", format=".0f")])
+    text = base.mark_text(align="left", dx=3, fontSize=10).encode(x="pass rate:Q", text="label:N")
+    return (bars + text).properties(width=420, height=14 * len(table))
 
 
 def pairs_by_type_table(report: dict) -> pd.DataFrame:
@@ -101,7 +114,7 @@ def chart_training(run: Results) -> alt.Chart:
     return alt.hconcat(*charts)
 
 
-def _value(run: Results, system: str, set_: str, metric: str) -> dict | None:
+def _system_value(run: Results, system: str, set_: str, metric: str) -> dict | None:
     m = run.metrics
     if set_ in ("loss", "plain_text"):
         entry = (m.get("heldout_loss" if set_ == "loss" else "plain_text_loss") or {}).get(system)
@@ -109,24 +122,24 @@ def _value(run: Results, system: str, set_: str, metric: str) -> dict | None:
     return ((m.get("systems") or {}).get(system) or {}).get(set_, {}).get(metric)
 
 
-def comparison(run: Results, b: str, set_: str, metric: str) -> dict | None:
+def stage_comparison(run: Results, b: str, set_: str, metric: str) -> dict | None:
     """The run's paired difference "preference" minus `b` ("sft" or "reference") on one metric."""
     return next((c for c in run.metrics.get("comparisons", [])
                  if (c["a"], c["b"], c["set"], c["metric"]) == ("preference", b, set_, metric)), None)
 
 
-def comparison_table(runs: dict[str, Results]) -> pd.DataFrame:
+def before_after_table(runs: dict[str, Results]) -> pd.DataFrame:
     """Before and after the stage on the same prompts: the SFT model, each method's model with its
     paired difference from the SFT model, and SmolLM2 (rates in %, differences in points)."""
     first = next(iter(runs.values()))
     rows = []
     for set_, metric in COMPARED:
         kind = metric_spec(metric, set_).kind
-        row = {"metric": ROW_LABELS[(set_, metric)], "LoRA SFT": fmt_ci(_value(first, "sft", set_, metric), kind)}
+        row = {"metric": ROW_LABELS[(set_, metric)], "LoRA SFT": fmt_ci(_system_value(first, "sft", set_, metric), kind)}
         for method, run in runs.items():
-            row[METHOD_LABELS[method]] = fmt_ci(_value(run, "preference", set_, metric), kind)
-            row[f"{METHOD_LABELS[method]} − SFT"] = fmt_diff(comparison(run, "sft", set_, metric), kind)
-        row["SmolLM2"] = fmt_ci(_value(first, "reference", set_, metric), kind)
+            row[METHOD_LABELS[method]] = fmt_ci(_system_value(run, "preference", set_, metric), kind)
+            row[f"{METHOD_LABELS[method]} − SFT"] = fmt_diff(stage_comparison(run, "sft", set_, metric), kind)
+        row["SmolLM2"] = fmt_ci(_system_value(first, "reference", set_, metric), kind)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -136,9 +149,9 @@ def decision(run: Results) -> dict:
     default when its IFEval-style prompt level beats the SFT model's by a paired interval above 0
     and neither its held-out stop rate nor its role-leak rate gets worse by an interval that
     excludes 0."""
-    ifeval = comparison(run, "sft", "ifeval", "prompt_level")
-    stop = comparison(run, "sft", "heldout", "stop_rate")
-    leak = comparison(run, "sft", "heldout", "role_leak_rate")
+    ifeval = stage_comparison(run, "sft", "ifeval", "prompt_level")
+    stop = stage_comparison(run, "sft", "heldout", "stop_rate")
+    leak = stage_comparison(run, "sft", "heldout", "role_leak_rate")
     missing = [n for n, c in (("IFEval", ifeval), ("stop rate", stop), ("role leaks", leak)) if c is None]
     if missing:
         raise KeyError(f"{run.path / 'metrics.json'} has no preference - sft comparison for {', '.join(missing)}")
@@ -150,7 +163,7 @@ def decision(run: Results) -> dict:
 def best_method(runs: dict[str, Results]) -> str:
     """The method whose model has the higher IFEval-style prompt level (the cheaper one, RFT, on a tie)."""
     def key(method):
-        return (_value(runs[method], "preference", "ifeval", "prompt_level")["value"], method == "rft")
+        return (_system_value(runs[method], "preference", "ifeval", "prompt_level")["value"], method == "rft")
 
     return max(runs, key=key)
 
@@ -159,7 +172,7 @@ def _passed(reply: dict | None) -> bool:
     return bool(reply) and bool(reply.get("checks_passed")) and all(reply["checks_passed"])
 
 
-def example_ids(run: Results) -> list[str]:
+def shown_ids(run: Results) -> list[str]:
     """The IFEval-style prompts shown side by side, by rule: the first (in the evaluation's order)
     that the stage's model passes and the SFT model fails, and the first the other way round; where
     either does not exist, the first prompt whose two replies differ."""
