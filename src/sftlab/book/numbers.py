@@ -297,8 +297,47 @@ def ablations_numbers(root: Path) -> dict:
     results = root / sweep["results"]
     done = [n for n in sweep["recipes"] if (results / n / "run.json").is_file()]
     missing = [n for n in sweep["recipes"] if n not in done]
-    return {"total": str(len(sweep["recipes"])), "finished": str(len(done)),
-            "missing": ", ".join(f"`{n}`" for n in missing) if missing else "none"}
+    out = {"total": str(len(sweep["recipes"])), "finished": str(len(done)),
+           "missing": ", ".join(f"`{n}`" for n in missing) if missing else "none"}
+    out.update(ablation_values(results))
+    return out
+
+
+# Short names of the ablation metrics in the variables: {{< var ablations.no_eot_row_stop >}}.
+ABLATION_KEYS = {("loss", "mean_nll"): "loss", ("heldout", "stop_rate"): "stop", ("ifeval", "prompt_level"): "ifeval",
+                 ("multiturn", "prompt_level"): "multiturn", ("qa", "accuracy"): "qa", ("ood", "prompt_level"): "ood",
+                 ("heldout", "role_leak_rate"): "leak", ("heldout", "reply_length"): "length",
+                 ("plain_text", "mean_nll"): "plain"}
+
+
+def ablation_values(results: Path) -> dict:
+    """Each finished variant's paired difference from the control per metric ("+5 pp [-3, +12]"),
+    the control's own values ("73% [56%, 86%]"), each run's forgetting and training minutes."""
+    from . import ablations
+    from .catalog import metric_spec
+    from .formatting import fmt_ci, fmt_diff
+
+    summary = ablations.load_summary(results)
+    control = ablations.load_control_metrics(results)
+    if summary is None or control is None:
+        return {}
+    out = {}
+    for (set_, metric), short in ABLATION_KEYS.items():
+        kind = metric_spec(metric, set_).kind
+        entry = ablations.control_value(control, set_, metric)
+        if entry is not None:
+            out[f"control_{short}"] = fmt_ci(entry, kind)
+        for row in summary["variants"]:
+            d = ablations._difference(row, set_, metric)
+            if d is not None and row["variant"] != "control":
+                out[f"{row['variant'].replace('-', '_')}_{short}"] = fmt_diff(d, kind)
+    for row in summary["variants"]:
+        name = row["variant"].replace("-", "_")
+        if row["forgetting"]:
+            out[f"{name}_forgetting"] = fmt_diff(row["forgetting"][0], "nats")
+        if row.get("train_s") is not None:
+            out[f"{name}_train_min"] = f"{row['train_s'] / 60:.0f}"
+    return out
 
 
 def accuracy_numbers(root: Path) -> dict | None:
