@@ -154,6 +154,12 @@ def training_numbers(root: Path) -> dict:
         "eot_token_share": pct(base["eot_nll"]["n_tokens"] / base["n_tokens"], 0),
         "eot_drop_share": pct(eot_drop / drop, 0),
     }
+    cfg = results.config
+    lora_cfg, data_cfg, train_cfg = cfg.get("lora") or {}, cfg.get("data") or {}, cfg.get("training") or {}
+    out.update({"lora_r": str(lora_cfg.get("r")), "lora_alpha": f"{lora_cfg.get('lora_alpha'):g}",
+                "instruction_share": pct(((data_cfg.get("instructions") or {}).get("share") or 0)),
+                "learning_rate": f"{train_cfg.get('learning_rate'):.0e}".replace("e-0", "e-"),
+                "loss_chunk": str(train_cfg.get("loss_chunk_size"))})
     if evals:
         out.update({"eval_first": nats(evals[0]["eval_loss"]), "eval_first_step": str(evals[0]["step"]),
                     "eval_best": nats(best["eval_loss"]), "eval_best_step": str(best["step"]),
@@ -251,6 +257,10 @@ def evaluation_numbers(root: Path) -> dict:
     out = {"heldout_n": str(m["sft"]["heldout"]["stop_rate"]["n"]), "ifeval_n": str(m["sft"]["ifeval"]["n_prompts"]),
            "multiturn_n": str(m["sft"]["multiturn"]["n_prompts"]), "max_new_tokens": str(cfg.get("max_new_tokens")),
            "ifeval_types": str(len(m["sft"]["ifeval"]["per_type"]))}
+    # how wide the intervals of the rates are: held-out stop rate and IFEval prompt level, every system
+    widths = [100 * (e["ci"][1] - e["ci"][0]) for s in m.values() for set_, key in (("heldout", "stop_rate"),
+              ("ifeval", "prompt_level")) if (e := (s.get(set_) or {}).get(key)) and e.get("ci")]
+    out["ci_width_min"], out["ci_width_max"] = f"{min(widths):.0f}", f"{max(widths):.0f}"
     for set_ in ("heldout", "ifeval"):
         for system, name in (("base_chat", "base"), ("sft", "sft"), ("reference", "ref")):
             cats = m[system][set_].get("categories") or {}
