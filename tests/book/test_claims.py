@@ -35,3 +35,18 @@ def test_every_marked_claim_exists_and_every_claim_is_marked():
     marked = [name for chapter in CHAPTERS for name in marked_claims(chapter.read_text(encoding="utf-8"))]
     assert sorted(set(marked) - set(CLAIMS)) == []
     assert sorted(set(CLAIMS) - set(marked)) == []
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_no_result_is_typed_into_the_prose_by_hand(chapter):
+    from sftlab.book.checks import typed_numbers
+
+    assert typed_numbers(chapter.read_text(encoding="utf-8")) == []
+
+
+def test_a_typed_number_is_found():
+    from sftlab.book.checks import typed_numbers
+
+    found = typed_numbers("It trained on 625 conversations, {{< var training.conversations >}} in all.\n"
+                          "```{python}\nx = 625\n```\nGemma 3 in 2024, Q5.2, `r = 16`, $r = 16$.")
+    assert found == ["line 1: 625 | It trained on 625 conversations, {{< var training.conversations >}} in all."]

@@ -159,3 +159,41 @@ def page_estimate(nb, *, all_code: bool = False) -> float:
             elif output.get("output_type") == "stream":
                 pages += "".join(output.get("text", "")).count("\n") / LINES_PER_PAGE
     return pages
+
+
+# Numbers in prose that are not results: model and format names, years, list markers, the
+# confidence level, and the facts listed in NOT_RESULTS (a dataset's size, a vocabulary, a
+# quoted reply). Everything else a chapter's prose prints must come from `{{< var >}}`.
+_NAMES = re.compile(r"""(?x)
+    \b(?:gemma-3-270m|SmolLM2-135M(?:-Instruct)?|SmolLM2|Gemma[ ]3|Q4_K_M|fp32|bf16|fp16|NF4|AVX-512|AVX2
+       |Tulu[ ]3|ROUGE-L|BLEU-4|distinct-\d|all-MiniLM-L6-v2|MiniLM-L6-v2|Python[ ]3\.\d+)\b
+  | \b(?:19|20)\d\d\b | \bQ\d\.\d\b | \b\d+(?:\.\d)?[ ]?[BM]\b | \b\d+-bit\b | \b\d-core\b | \b95%
+  | ^\s*\d+\.[ ] | \(\d\)[ ] | \bsection[ ]\d(?:,[ ]part[ ]\d)?\b
+""")
+NOT_RESULTS = (
+    "16 bytes", "4 bytes", "2 bytes", "~4 bits",  # fp32 weight, gradient and two moments; frozen fp32; bf16; NF4
+    "262,144-way",  # Gemma 3's vocabulary
+    "541 prompts",  # the size of google/IFEval
+    "in under 50", "fewer than 50 words", "exactly 3 bullet points",  # examples of instructions
+    '"What is 100 minus 37?", "100"', '"99 plus 1 is 100"', '"5 factorial is equal to 120 ... equals', "240\")",
+    "the 270M base model",
+)
+
+
+def typed_numbers(markdown: str) -> list[str]:
+    """Numbers typed by hand into a chapter's prose ("line N: 625 | the line"): outside code, math,
+    inline code, links, citations, `{{< var >}}` and the names and facts above."""
+    out, code = [], False
+    for n, line in enumerate(markdown.splitlines(), 1):
+        if line.startswith("```"):
+            code = not code
+            continue
+        if code or line.startswith(("#|", "<!--")):
+            continue
+        text = re.sub(r"\{\{<.*?>\}\}|`[^`]*`|\$[^$]*\$|\[@[^\]]*\]|@[\w:-]+|\]\([^)]*\)|<https?://[^>]*>|\{[#.][^}]*\}",
+                      "", line)
+        for phrase in NOT_RESULTS:
+            text = text.replace(phrase, "")
+        text = _NAMES.sub("", text)
+        out += [f"line {n}: {x} | {line.strip()[:100]}" for x in re.findall(r"(?<![\w-])\d+(?:[.,]\d+)?%?", text)]
+    return out

@@ -307,7 +307,10 @@ def ablations_numbers(root: Path) -> dict:
     results = root / sweep["results"]
     done = [n for n in sweep["recipes"] if (results / n / "run.json").is_file()]
     missing = [n for n in sweep["recipes"] if n not in done]
+    control = sweep["recipes"]["control"]  # the default recipe under the sweep's budget
     out = {"total": str(len(sweep["recipes"])), "finished": str(len(done)),
+           "budget_conversations": str(control["data"]["train_size"]),
+           "budget_epochs": f"{control['training']['num_train_epochs']:g}",
            "missing": ", ".join(f"`{n}`" for n in missing) if missing else "none"}
     out.update(ablation_values(results))
     return out
