@@ -172,7 +172,7 @@ _NAMES = re.compile(r"""(?x)
 """)
 NOT_RESULTS = (
     "16 bytes", "4 bytes", "2 bytes", "~4 bits",  # fp32 weight, gradient and two moments; frozen fp32; bf16; NF4
-    "262,144-way",  # Gemma 3's vocabulary
+    "262,144-way", "262,144-row",  # Gemma 3's vocabulary
     "541 prompts",  # the size of google/IFEval
     "in under 50", "fewer than 50 words", "exactly 3 bullet points",  # examples of instructions
     '"What is 100 minus 37?", "100"', '"99 plus 1 is 100"', '"5 factorial is equal to 120 ... equals', "240\")",

@@ -329,7 +329,41 @@ def smollm2_writes_longer(root: Path) -> bool:
             and m["sft"]["heldout"]["reply_length"]["value"] < ref_words)
 
 
+def _sweep(root: Path) -> dict:
+    from .ablations import load_summary
+
+    summary = load_summary(root / "results" / "ablations")
+    if summary is None:
+        raise FileNotFoundError(f"{root / 'results' / 'ablations' / 'summary.json'} is missing: run the sweep")
+    return {r["variant"]: r for r in summary["variants"]}
+
+
+def _ablation(root: Path, variant: str, set_: str, metric: str) -> str:
+    """How variant - control reads on one metric: "better", "worse", "unclear" (or "missing")."""
+    from ..stats import verdict
+    from .ablations import _difference
+    from .catalog import metric_spec
+
+    d = _difference(_sweep(root)[variant], set_, metric)
+    return verdict(d, metric_spec(metric, set_).better) if d else "missing"
+
+
+def the_eot_row_teaches_stopping(root: Path) -> bool:
+    """Without the trained row: stop rate and multi-turn recall worse, loss worse, replies longer (all
+    intervals excluding 0); IFEval-style prompt level and question accuracy not separable."""
+    from .ablations import _difference
+
+    row = _sweep(root)["no-eot-row"]
+    return (_ablation(root, "no-eot-row", "heldout", "stop_rate") == "worse"
+            and _ablation(root, "no-eot-row", "multiturn", "prompt_level") == "worse"
+            and _ablation(root, "no-eot-row", "loss", "mean_nll") == "worse"
+            and _difference(row, "heldout", "reply_length")["ci"][0] > 0
+            and _ablation(root, "no-eot-row", "ifeval", "prompt_level") == "unclear"
+            and _ablation(root, "no-eot-row", "qa", "accuracy") == "unclear")
+
+
 CLAIMS: dict[str, Callable[[Path], bool]] = {
+    "the-eot-row-teaches-stopping": the_eot_row_teaches_stopping,
     "trials-not-separable": trials_not_separable,
     "smollm2-writes-longer": smollm2_writes_longer,
     "quoted-qa-replies-are-real": quoted_qa_replies_are_real,

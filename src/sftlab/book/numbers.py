@@ -344,6 +344,9 @@ def ablation_values(results: Path) -> dict:
             d = ablations._difference(row, set_, metric)
             if d is not None and row["variant"] != "control":
                 out[f"{row['variant'].replace('-', '_')}_{short}"] = fmt_diff(d, kind)
+    by_name = {r["variant"]: r for r in summary["variants"]}
+    if "no-eot-row" in by_name:
+        out["eot_row_params"] = f"{by_name['control']['trainable_params'] - by_name['no-eot-row']['trainable_params']:,}"
     for row in summary["variants"]:
         name = row["variant"].replace("-", "_")
         if row["forgetting"]:
