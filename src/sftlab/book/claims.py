@@ -362,8 +362,18 @@ def the_eot_row_teaches_stopping(root: Path) -> bool:
             and _ablation(root, "no-eot-row", "qa", "accuracy") == "unclear")
 
 
+def prompt_loss_costs_replies_and_prose(root: Path) -> bool:
+    """Loss on every token: held-out reply loss and plain-text loss worse (intervals above 0); stop
+    rate and IFEval-style prompt level not separable."""
+    v = "full-sequence-loss"
+    return (_ablation(root, v, "loss", "mean_nll") == "worse" and _ablation(root, v, "plain_text", "mean_nll") == "worse"
+            and _ablation(root, v, "heldout", "stop_rate") == "unclear"
+            and _ablation(root, v, "ifeval", "prompt_level") == "unclear")
+
+
 CLAIMS: dict[str, Callable[[Path], bool]] = {
     "the-eot-row-teaches-stopping": the_eot_row_teaches_stopping,
+    "prompt-loss-costs-replies-and-prose": prompt_loss_costs_replies_and_prose,
     "trials-not-separable": trials_not_separable,
     "smollm2-writes-longer": smollm2_writes_longer,
     "quoted-qa-replies-are-real": quoted_qa_replies_are_real,
