@@ -371,9 +371,59 @@ def prompt_loss_costs_replies_and_prose(root: Path) -> bool:
             and _ablation(root, v, "ifeval", "prompt_level") == "unclear")
 
 
+def _preference(root: Path):
+    from . import preference as P
+
+    runs = P.load_runs(root)
+    if set(runs) != {"dpo", "rft"}:
+        raise FileNotFoundError(f"results/preference-dpo and results/preference-rft are both needed, found {sorted(runs)}")
+    return P, runs
+
+
+def dpo_ranks_its_pairs(root: Path) -> bool:
+    """Over DPO's last quarter of steps the mean margin is positive and over 75% of pairs are ranked
+    right, and the rejected replies' log-probability fell by more than the chosen ones' changed."""
+    P, runs = _preference(root)
+    log = P.training_frame(runs["dpo"])
+    last = log.tail(max(1, len(log) // 4))
+    first = log.iloc[0]
+    chosen = abs(last["logps/chosen"].mean() - first["logps/chosen"])
+    rejected = first["logps/rejected"] - last["logps/rejected"].mean()
+    return bool(last["rewards/margins"].mean() > 0 and last["rewards/accuracies"].mean() > 0.75 and rejected > chosen)
+
+
+def preference_stage_not_separable(root: Path) -> bool:
+    """Both methods' IFEval-style prompt level minus the SFT model's, and the better one's minus
+    SmolLM2's, have intervals that include 0."""
+    from ..stats import verdict
+
+    P, runs = _preference(root)
+    best = runs[P.best_method(runs)]
+    return (all(verdict(P.stage_comparison(r, "sft", "ifeval", "prompt_level"), "higher") == "unclear"
+                for r in runs.values())
+            and verdict(P.stage_comparison(best, "reference", "ifeval", "prompt_level"), "higher") == "unclear")
+
+
+def rft_drifts_dpo_does_not(root: Path) -> bool:
+    """RFT's held-out and plain-prose losses are above the SFT model's (intervals above 0); DPO's
+    are not above it, and DPO's stop rate is not worse."""
+    from ..stats import verdict
+
+    P, runs = _preference(root)
+    c = lambda m, set_, metric: P.stage_comparison(runs[m], "sft", set_, metric)
+    return (verdict(c("rft", "loss", "mean_nll"), "lower") == "worse"
+            and verdict(c("rft", "plain_text", "mean_nll"), "lower") == "worse"
+            and verdict(c("dpo", "loss", "mean_nll"), "lower") != "worse"
+            and verdict(c("dpo", "plain_text", "mean_nll"), "lower") != "worse"
+            and verdict(c("dpo", "heldout", "stop_rate"), "higher") != "worse")
+
+
 CLAIMS: dict[str, Callable[[Path], bool]] = {
     "the-eot-row-teaches-stopping": the_eot_row_teaches_stopping,
     "prompt-loss-costs-replies-and-prose": prompt_loss_costs_replies_and_prose,
+    "dpo-ranks-its-pairs": dpo_ranks_its_pairs,
+    "preference-stage-not-separable": preference_stage_not_separable,
+    "rft-drifts-dpo-does-not": rft_drifts_dpo_does_not,
     "trials-not-separable": trials_not_separable,
     "smollm2-writes-longer": smollm2_writes_longer,
     "quoted-qa-replies-are-real": quoted_qa_replies_are_real,

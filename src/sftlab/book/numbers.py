@@ -450,6 +450,8 @@ def preference_numbers(root: Path) -> dict | None:
            "sft_ifeval": fmt_ci(P._system_value(first, "sft", "ifeval", "prompt_level"), "rate"),
            "ref_ifeval": fmt_ci(P._system_value(first, "reference", "ifeval", "prompt_level"), "rate"),
            "cpu_kind": str((first.run.get("hardware") or {}).get("cpu_kind"))}
+    for row in rates.itertuples():
+        out[f"check_{row.check}"] = f"{row.passed} of {row.samples}"
     for method, run in runs.items():
         m = method
         out[f"{m}_ifeval"] = fmt_ci(P._system_value(run, "preference", "ifeval", "prompt_level"), "rate")
