@@ -194,3 +194,81 @@ def wins_and_losses(run: Results) -> dict:
     won = sum(_passed(r["replies"].get("preference")) and not _passed(r["replies"].get("sft")) for r in rows)
     lost = sum(_passed(r["replies"].get("sft")) and not _passed(r["replies"].get("preference")) for r in rows)
     return {"won": won, "lost": lost, "n": len(rows)}
+
+
+def book_numbers(root: Path) -> dict | None:
+    """Chapter 6's "Beyond SFT": the preference runs' samples, pairs, training and paired results
+    (`sftlab.book.preference`); None when no preference run is finished."""
+    import sys
+
+    from .numbers import pct
+
+    P = sys.modules[__name__]
+
+    runs = P.load_runs(root)
+    if not runs:
+        return None
+    first = next(iter(runs.values()))
+    report = P.load_pairs_report(first)
+    ins, settings = report["instruction"], report["settings"]
+    rates = P.pass_rates_table(report)
+    out = {"samples_n": str(report["samples"]["n"]), "samples_per_prompt": str(settings["samples"]),
+           "temperature": f"{settings['temperature']:g}", "max_new_tokens": str(settings["max_new_tokens"]),
+           "prompts_instruction": str(report["prompts"]["instruction"]), "prompts_plain": str(report["prompts"]["plain"]),
+           "sample_pass_rate": pct(ins["passing"] / ins["samples"]), "sample_passing": f"{ins['passing']} of {ins['samples']}",
+           "sample_stop_rate": pct(report["samples"]["stop_rate"]), "sample_usable_rate": pct(report["samples"]["usable_rate"]),
+           "checks_n": str(len(rates)),
+           "zero_checks": ", ".join(f"`{c}`" for c in rates.loc[rates["passed"] == 0, "check"]) or "none",
+           "zero_checks_n": str(int((rates["passed"] == 0).sum())),
+           "pairs_n": str(report["pairs"]["n"]), "pairs_instruction": str(report["pairs"]["by_kind"].get("instruction", 0)),
+           "pairs_plain": str(report["pairs"]["by_kind"].get("plain", 0)), "repaired": str(report["pairs"]["repaired"]),
+           "repaired_share": pct(report["pairs"]["repaired"] / max(1, report["pairs"]["n"])),
+           "rejected_not_stopped": str(report["pairs"].get("rejected_not_stopped", 0)),
+           "dropped_n": str(sum(report["dropped"].values())),
+           "dropped": "; ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in
+                                sorted(report["dropped"].items(), key=lambda kv: -kv[1])) or "none",
+           "rft_n": str(report["rft"]["n"]), "rft_repaired": str(report["rft"]["by_chosen_kind"].get("repaired", 0)),
+           "sft_ifeval": fmt_ci(P._system_value(first, "sft", "ifeval", "prompt_level"), "rate"),
+           "ref_ifeval": fmt_ci(P._system_value(first, "reference", "ifeval", "prompt_level"), "rate"),
+           "cpu_kind": str((first.run.get("hardware") or {}).get("cpu_kind"))}
+    for row in rates.itertuples():
+        out[f"check_{row.check}"] = f"{row.passed} of {row.samples}"
+    for method, run in runs.items():
+        m = method
+        out[f"{m}_ifeval"] = fmt_ci(P._system_value(run, "preference", "ifeval", "prompt_level"), "rate")
+        out[f"{m}_stop"] = fmt_ci(P._system_value(run, "preference", "heldout", "stop_rate"), "rate")
+        out[f"{m}_leak"] = fmt_ci(P._system_value(run, "preference", "heldout", "role_leak_rate"), "rate")
+        for b, bname in (("sft", "sft"), ("reference", "ref")):
+            for (set_, metric), key in ((("ifeval", "prompt_level"), "ifeval"), (("heldout", "stop_rate"), "stop"),
+                                        (("heldout", "role_leak_rate"), "leak"), (("multiturn", "prompt_level"), "multiturn"),
+                                        (("loss", "mean_nll"), "loss"), (("plain_text", "mean_nll"), "plain"),
+                                        (("heldout", "reply_length"), "length")):
+                c = P.stage_comparison(run, b, set_, metric)
+                if c is not None:
+                    kind = "nats" if set_ in ("loss", "plain_text") else ("length" if metric == "reply_length" else "rate")
+                    out[f"{m}_{key}_vs_{bname}"] = fmt_diff(c, kind)
+        d = P.decision(run)
+        out[f"{m}_decision"] = "adopted" if d["adopted"] else "not adopted"
+        wl = P.wins_and_losses(run)
+        out[f"{m}_won"], out[f"{m}_lost"] = str(wl["won"]), str(wl["lost"])
+        t = run.run.get("timings_s") or {}
+        stage = t.get("pref_sample_s", 0) + t.get("pref_pairs_s", 0) + t.get("pref_train_s", 0)
+        out[f"{m}_sample_min"] = f"{t.get('pref_sample_s', 0) / 60:.0f}"
+        out[f"{m}_train_min"] = f"{t.get('pref_train_s', 0) / 60:.0f}"
+        out[f"{m}_stage_min"] = f"{stage / 60:.0f}"
+        out[f"{m}_steps"] = str((run.run["preference"].get("training") or {}).get("global_steps"))
+    if "dpo" in runs:
+        log = P.training_frame(runs["dpo"])
+        if "rewards/margins" in log:
+            last = log.tail(max(1, len(log) // 4))  # the last quarter of the steps
+            out.update({"dpo_margin_end": f"{last['rewards/margins'].mean():.2f}",
+                        "dpo_accuracy_end": pct(last["rewards/accuracies"].mean()),
+                        "dpo_chosen_start": f"{log['logps/chosen'].iloc[0]:.0f}",
+                        "dpo_chosen_end": f"{last['logps/chosen'].mean():.0f}",
+                        "dpo_rejected_start": f"{log['logps/rejected'].iloc[0]:.0f}",
+                        "dpo_rejected_end": f"{last['logps/rejected'].mean():.0f}",
+                        "dpo_beta": f"{runs['dpo'].run['preference']['training'].get('beta'):g}"})
+    best = P.best_method(runs)
+    out["best"] = P.METHOD_LABELS[best]
+    out["best_ifeval_vs_ref"] = out.get(f"{best}_ifeval_vs_ref", "n/a")
+    return out
