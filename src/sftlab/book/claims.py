@@ -418,10 +418,21 @@ def rft_drifts_dpo_does_not(root: Path) -> bool:
             and verdict(c("dpo", "heldout", "stop_rate"), "higher") != "worse")
 
 
+INSTRUCTION_MIXES = ("no-instructions", "fewer-instructions", "all-instructions", "binding-limits")
+
+
+def instruction_mixes_not_separable(root: Path) -> bool:
+    """No change of the instruction mix moves IFEval-style prompt level or question accuracy by an
+    interval that excludes 0, and every one has a higher held-out loss than the control."""
+    return all(_ablation(root, v, "ifeval", "prompt_level") == "unclear" and _ablation(root, v, "qa", "accuracy") == "unclear"
+               and _ablation(root, v, "loss", "mean_nll") == "worse" for v in INSTRUCTION_MIXES)
+
+
 CLAIMS: dict[str, Callable[[Path], bool]] = {
     "the-eot-row-teaches-stopping": the_eot_row_teaches_stopping,
     "prompt-loss-costs-replies-and-prose": prompt_loss_costs_replies_and_prose,
     "dpo-ranks-its-pairs": dpo_ranks_its_pairs,
+    "instruction-mixes-not-separable": instruction_mixes_not_separable,
     "preference-stage-not-separable": preference_stage_not_separable,
     "rft-drifts-dpo-does-not": rft_drifts_dpo_does_not,
     "trials-not-separable": trials_not_separable,
