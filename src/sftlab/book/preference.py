@@ -18,7 +18,7 @@ import pandas as pd
 from ..stats import verdict
 from .catalog import metric_spec
 from .formatting import fmt_ci, fmt_diff
-from .results import Results, load_results, project_root, samples
+from .results import Results, comparison, load_results, metric_entry, project_root, samples
 
 RUNS = {"dpo": "preference-dpo", "rft": "preference-rft"}  # results/NAME, by method
 METHOD_LABELS = {"dpo": "DPO", "rft": "RFT"}
@@ -115,17 +115,12 @@ def chart_training(run: Results) -> alt.Chart:
 
 
 def _system_value(run: Results, system: str, set_: str, metric: str) -> dict | None:
-    m = run.metrics
-    if set_ in ("loss", "plain_text"):
-        entry = (m.get("heldout_loss" if set_ == "loss" else "plain_text_loss") or {}).get(system)
-        return None if entry is None else {"value": entry["mean_nll"], "ci": entry.get("ci")}
-    return ((m.get("systems") or {}).get(system) or {}).get(set_, {}).get(metric)
+    return metric_entry(run, system, metric, set_)
 
 
 def stage_comparison(run: Results, b: str, set_: str, metric: str) -> dict | None:
     """The run's paired difference "preference" minus `b` ("sft" or "reference") on one metric."""
-    return next((c for c in run.metrics.get("comparisons", [])
-                 if (c["a"], c["b"], c["set"], c["metric"]) == ("preference", b, set_, metric)), None)
+    return comparison(run, "preference", b, metric, set_)
 
 
 def before_after_table(runs: dict[str, Results]) -> pd.DataFrame:

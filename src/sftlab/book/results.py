@@ -201,10 +201,13 @@ def project_config(name: str = "default") -> dict:
 def metric_entry(results: Results, system: str, metric: str, set: str = "heldout") -> dict | None:
     """{"value", "ci"} of one metric, or None where the run did not measure it.
 
-    set: "heldout", "ifeval" or "loss" (held-out loss, for base_chat and sft only).
+    set: "heldout", "ifeval", "multiturn", "loss" (held-out loss), "plain_text" (loss on plain
+    prose), or an extra set with its own "systems" section ("qa", "ood").
     """
-    if set == "loss":
-        loss = (results.metrics.get("heldout_loss") or {}).get(system)
+    if set in ("qa", "ood"):
+        return ((results.metrics.get(set) or {}).get("systems", {}).get(system) or {}).get(metric)
+    if set in ("loss", "plain_text"):
+        loss = (results.metrics.get("heldout_loss" if set == "loss" else "plain_text_loss") or {}).get(system)
         if not loss:
             return None
         if metric == "perplexity":
