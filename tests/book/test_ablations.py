@@ -83,3 +83,25 @@ def test_question_and_untrained_instruction_replies_are_paired_between_runs(tmp_
     b = run(tmp_path / "b", [False, True, False, False], [False, False])
     got = {(d["set"], d["metric"]): d["difference"] for d in paired_run_differences(a, b, n_resamples=50)}
     assert got[("qa", "accuracy")] == 0.5 and got[("ood", "prompt_level")] == 0.5
+
+
+def test_update_size_places_each_run_by_how_far_its_adapter_moved(tmp_path):
+    from sftlab.book.ablations import chart_update_size, update_frame, update_size
+
+    def norms(name, sizes):
+        (tmp_path / name).mkdir()
+        rows = [{"name": f"layers.{i}.q_proj", "layer": i, "module": "q_proj", "norm": 1.0, "relative_norm": s}
+                for i, s in enumerate(sizes)]
+        (tmp_path / name / "lora_norms.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    norms("control", [0.01, 0.02, 0.03])
+    norms("rank-4", [0.001, 0.005, 0.5])  # the median, not the mean: one large projection does not move it
+    assert update_size(tmp_path / "control") == 0.02 and update_size(tmp_path / "rank-4") == 0.005
+    frame = update_frame(SUMMARY, tmp_path).set_index("variant")
+    assert list(frame.index) == ["rank-4", "control"]  # in the order of SIZE_VARIANTS, only runs that exist
+    assert frame.loc["rank-4", "update"] == 0.5 and frame.loc["control", "update"] == 2.0  # percent
+    assert (frame.loc["rank-4", "stop"], frame.loc["rank-4", "stop_lo"]) == (-20.0, -40.0)  # pp against the control
+    assert frame.loc["control", "stop"] == 0.0 and frame.loc["control", "forgetting"] == 0.12
+    assert frame.loc["rank-4", "forgetting"] is None or frame["forgetting"].isna()["rank-4"]  # not measured
+    spec = chart_update_size(SUMMARY, tmp_path).to_dict()
+    assert len(spec["hconcat"]) == 2

@@ -139,3 +139,19 @@ def test_a_long_table_is_collapsed_in_html_beyond_its_first_rows(monkeypatch):
     visible, collapsed = html.split("<details>", 1)
     # header row + 30 rows shown; the collapsed block has the header + all 227
     assert visible.count("<tr") == 31 and "Show all 227 rows" in collapsed and collapsed.count("<tr") == 228
+
+
+def test_a_chapter_kernel_draws_no_progress_bar_after_importing_the_book_package():
+    """In a notebook kernel tqdm.auto is tqdm's notebook bar, which ignores TQDM_DISABLE (the first
+    load of the base model on a fresh machine drew a GGUF dequantisation bar into chapter 1)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import sftlab.book\nfrom tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc='working'):\n    pass\n"
+        "from tqdm.notebook import tqdm as notebook_bar\nprint(issubclass(tqdm, notebook_bar), tqdm(range(1)).disable)")]
+    NotebookClient(nb, timeout=120).execute()
+    outputs = nb.cells[0].outputs
+    assert [o.output_type for o in outputs] == ["stream"], outputs  # no widget, no bar on stderr
+    assert outputs[0].text == "True True\n"

@@ -32,3 +32,22 @@ if "transformers" in __import__("sys").modules:  # imported before this package:
     from transformers.utils import logging as _hf_logging
 
     _hf_logging.disable_progress_bar()
+
+
+def _notebook_bars_off() -> None:
+    """tqdm's notebook bar (what `tqdm.auto` gives in a kernel: transformers' GGUF dequantisation
+    uses it on a machine's first load of the base model) passes `disable=False` to tqdm itself, so
+    TQDM_DISABLE never reaches it; make its default `disable=True` instead (a caller that asks for
+    a bar still gets one)."""
+    import functools
+
+    import tqdm.notebook
+
+    bar = tqdm.notebook.tqdm
+    if not getattr(bar.__init__, "_sftlab_quiet", False):
+        quiet = functools.partialmethod(bar.__init__, disable=True)
+        quiet._sftlab_quiet = True
+        bar.__init__ = quiet
+
+
+_notebook_bars_off()

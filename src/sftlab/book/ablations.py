@@ -54,7 +54,11 @@ def control_value(metrics: dict, set_: str, metric: str) -> dict | None:
     or None where the run did not measure it (an older run without the extra sets)."""
     if set_ in ("loss", "plain_text"):
         entry = (metrics.get("heldout_loss" if set_ == "loss" else "plain_text_loss") or {}).get("sft")
-        return None if entry is None else {"value": entry[metric], "ci": entry.get("ci")}
+        if entry is None or metric not in entry:
+            return None
+        if isinstance(entry[metric], dict):  # a part of the loss (content_nll, eot_nll) carries its own interval
+            return {"value": entry[metric]["value"], "ci": entry[metric].get("ci")}
+        return {"value": entry[metric], "ci": entry.get("ci")}
     if set_ in ("qa", "ood"):
         return ((metrics.get(set_) or {}).get("systems", {}).get("sft") or {}).get(metric)
     return metrics["systems"]["sft"].get(set_, {}).get(metric)
@@ -140,3 +144,55 @@ def chart_ablations(summary: dict) -> alt.Chart:
         facet=alt.Facet("metric:N", sort=list(dict.fromkeys(df["metric"])), title=None), columns=3,
     ).resolve_scale(x="independent").properties(
         title="Each variant against the control, paired on the same prompts (rates in percentage points)")
+
+
+# The variants that change how far the adapter moves and nothing else: step size, rank, target
+# modules, epochs. (DoRA moves exactly as far as the control and would sit on its point.)
+SIZE_VARIANTS = ("lower-lr", "rank-4", "attention-only", "control", "two-epochs", "rank-64")
+
+
+def update_size(run: str | Path) -> float:
+    """How far a run's adapter moved the model: the median over its adapted projections of
+    ||scale * B @ A|| / ||W|| (its lora_norms.jsonl), as a fraction."""
+    from .lora import lora_norms_frame
+
+    return float(lora_norms_frame(run)["relative_norm"].median())
+
+
+def update_frame(summary: dict, folder: str | Path = "results/ablations",
+                 variants: tuple[str, ...] = SIZE_VARIANTS) -> pd.DataFrame:
+    """One row per variant (those of `variants` that ran): its update size (%), its forgetting
+    (plain-prose loss, SFT minus base) and its held-out stop-rate difference from the control (pp),
+    each with its 95% interval. The control's stop-rate difference is 0 by definition."""
+    by_name = {r["variant"]: r for r in summary["variants"]}
+    rows = []
+    for name in (v for v in variants if v in by_name):
+        row, folder_ = by_name[name], Path(folder) / name
+        forgot = row["forgetting"][0] if row["forgetting"] else None
+        stop = _difference(row, "heldout", "stop_rate") or {"difference": 0.0, "ci": [0.0, 0.0]}
+        rows.append({"variant": name, "update": 100 * update_size(folder_),
+                     "forgetting": None if forgot is None else forgot["difference"],
+                     "forgetting_lo": None if forgot is None else forgot["ci"][0],
+                     "forgetting_hi": None if forgot is None else forgot["ci"][1],
+                     "stop": 100 * stop["difference"], "stop_lo": 100 * stop["ci"][0], "stop_hi": 100 * stop["ci"][1]})
+    return pd.DataFrame(rows)
+
+
+def chart_update_size(summary: dict, folder: str | Path = "results/ablations") -> alt.HConcatChart:
+    """Two panels over the same x, how far each variant's adapter moved the weights: its forgetting
+    (left) and its held-out stop rate against the control's (right), with 95% intervals."""
+    df = update_frame(summary, folder)
+    x = alt.X("update:Q", title="median ‖ΔW‖ / ‖W‖ (%)", scale=alt.Scale(zero=True))
+
+    def panel(y: str, title: str, axis: str):
+        base = alt.Chart(df).encode(x=x)
+        bars = base.mark_rule(strokeWidth=2, color="#4c72b0").encode(y=alt.Y(f"{y}_lo:Q", title=axis), y2=f"{y}_hi:Q")
+        dots = base.mark_circle(size=60, color="#4c72b0", opacity=1).encode(
+            y=f"{y}:Q", tooltip=["variant:N", alt.Tooltip("update:Q", format=".2f"), alt.Tooltip(f"{y}:Q", format="+.3f")])
+        labels = base.mark_text(align="left", dx=7, dy=-7, fontSize=10).encode(y=f"{y}:Q", text="variant:N")
+        zero = alt.Chart().mark_rule(color="#333333", strokeDash=[4, 3]).encode(y=alt.datum(0))
+        return alt.layer(zero, bars, dots, labels).properties(width=220, height=200, title=title)
+
+    return alt.hconcat(panel("forgetting", "Forgetting", "plain-prose loss, SFT − base (nats/token)"),
+                       panel("stop", "Ending the turn", "held-out stop rate − control's (pp)")).properties(
+        title="How far the adapter moved, and what it cost and bought")

@@ -160,6 +160,10 @@ def training_numbers(root: Path) -> dict:
                 "instruction_share": pct(((data_cfg.get("instructions") or {}).get("share") or 0)),
                 "learning_rate": f"{train_cfg.get('learning_rate'):.0e}".replace("e-0", "e-"),
                 "loss_chunk": str(train_cfg.get("loss_chunk_size"))})
+    if (results.path / "lora_norms.jsonl").is_file():  # how far the adapter moved the weights (chapter 5's sweep)
+        from .ablations import update_size
+
+        out["update"] = f"{100 * update_size(results.path):.2f}%"
     if evals:
         out.update({"eval_first": nats(evals[0]["eval_loss"]), "eval_first_step": str(evals[0]["step"]),
                     "eval_best": nats(best["eval_loss"]), "eval_best_step": str(best["step"]),
@@ -301,6 +305,8 @@ def evaluation_numbers(root: Path) -> dict:
 
 def ablations_numbers(root: Path) -> dict:
     """Chapter 5's sweep: how many of configs/ablations.yaml's runs are finished in results/."""
+    import json
+
     from ..sweep import load_sweep
 
     sweep = load_sweep(root / "configs" / "ablations.yaml")
@@ -311,7 +317,11 @@ def ablations_numbers(root: Path) -> dict:
     out = {"total": str(len(sweep["recipes"])), "finished": str(len(done)),
            "budget_conversations": str(control["data"]["train_size"]),
            "budget_epochs": f"{control['training']['num_train_epochs']:g}",
-           "missing": ", ".join(f"`{n}`" for n in missing) if missing else "none"}
+           "missing": ", ".join(f"`{n}`" for n in missing) if missing else "none",
+           "variants": str(len(sweep["recipes"]) - 1)}
+    control_run = results / "control" / "run.json"
+    if control_run.is_file():
+        out["budget_steps"] = str(json.loads(control_run.read_text())["training"]["global_steps"])
     out.update(ablation_values(results))
     return out
 
@@ -320,7 +330,9 @@ def ablations_numbers(root: Path) -> dict:
 ABLATION_KEYS = {("loss", "mean_nll"): "loss", ("heldout", "stop_rate"): "stop", ("ifeval", "prompt_level"): "ifeval",
                  ("multiturn", "prompt_level"): "multiturn", ("qa", "accuracy"): "qa", ("ood", "prompt_level"): "ood",
                  ("heldout", "role_leak_rate"): "leak", ("heldout", "reply_length"): "length",
-                 ("plain_text", "mean_nll"): "plain"}
+                 ("plain_text", "mean_nll"): "plain", ("ifeval", "stop_rate"): "ifeval_stop",
+                 ("qa", "stop_rate"): "qa_stop", ("ood", "stop_rate"): "ood_stop",
+                 ("loss", "eot_nll"): "eot"}
 
 
 def ablation_values(results: Path) -> dict:
@@ -353,6 +365,13 @@ def ablation_values(results: Path) -> dict:
             out[f"{name}_forgetting"] = fmt_diff(row["forgetting"][0], "nats")
         if row.get("train_s") is not None:
             out[f"{name}_train_min"] = f"{row['train_s'] / 60:.0f}"
+        if (results / row["variant"] / "lora_norms.jsonl").is_file():  # how far the adapter moved the weights
+            size = ablations.update_size(results / row["variant"])
+            out[f"{name}_update"] = f"{100 * size:.2f}%"
+            out[f"{name}_update_ratio"] = f"{size / ablations.update_size(results / 'control'):.1f}"
+    by_params = {r["variant"]: r["trainable_params"] for r in summary["variants"]}
+    for name, params in by_params.items():
+        out[f"{name.replace('-', '_')}_params"] = f"{params:,}"
     return out
 
 
