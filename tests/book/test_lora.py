@@ -59,3 +59,17 @@ def test_norms_frame_names_the_kind_of_each_module(fake_results):
     assert set(frame["kind"]) == {"attention", "MLP"}
     top = frame.loc[frame["relative_norm"].idxmax()]
     assert (int(top["layer"]), top["module"]) == (2, "down_proj")
+
+
+def test_trainable_breakdown_adds_up_to_what_peft_trains(tiny_model, gemma_tok):
+    from peft import LoraConfig, get_peft_model
+
+    eot = gemma_tok.convert_tokens_to_ids("<end_of_turn>")
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], trainable_token_indices=[eot])
+    peft_model = get_peft_model(tiny_model, config)
+    table = lora.trainable_breakdown(peft_model, config)
+    n_lora = lora.lora_parameter_count(tiny_model, 4, ["q_proj", "v_proj"])
+    assert table["parameters"].tolist() == [n_lora, tiny_model.config.hidden_size, n_lora + tiny_model.config.hidden_size]
+    assert "scale alpha/r = 2" in table["part"][0]
+    with pytest.raises(ValueError, match="PEFT trains"):  # a config that is not the model's: the counts differ
+        lora.trainable_breakdown(peft_model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))

@@ -87,6 +87,30 @@ def lora_parameter_table(model, ranks=(4, 8, 16, 32, 64), target_sets: dict | No
     return frame
 
 
+def trainable_breakdown(peft_model, lora_config):
+    """Where the trainable parameters of a PEFT-wrapped model are, counted from the layer shapes:
+    the LoRA matrices (r x (in + out) per wrapped projection) and the trainable token rows
+    (hidden_size each), against the count PEFT itself reports. Raises ValueError when they differ,
+    so a chapter cannot print a count that PEFT does not train."""
+    import pandas as pd
+
+    config = peft_model.get_base_model().config
+    wrapped = target_linears(peft_model, lora_config.target_modules)
+    n_lora = lora_parameter_count(peft_model, lora_config.r, lora_config.target_modules)
+    rows = list(lora_config.trainable_token_indices or [])
+    n_rows = len(rows) * config.hidden_size
+    trainable, _ = peft_model.get_nb_trainable_parameters()
+    if trainable != n_lora + n_rows:
+        raise ValueError(f"PEFT trains {trainable:,} parameters, the layer shapes give {n_lora + n_rows:,}")
+    per_layer = len(wrapped) // config.num_hidden_layers
+    return pd.DataFrame([
+        {"part": f"LoRA A and B: {len(wrapped)} projections ({per_layer} per layer x {config.num_hidden_layers} layers), "
+                 f"r = {lora_config.r}, scale alpha/r = {lora_config.lora_alpha / lora_config.r:g}", "parameters": n_lora},
+        {"part": f"trainable token rows: {len(rows)} x hidden size {config.hidden_size}", "parameters": n_rows},
+        {"part": "together, as PEFT counts them", "parameters": trainable},
+    ])
+
+
 def setting_index(table, setting: tuple[int, str]):
     """Index of the row of `lora_parameter_table` for `setting=(rank, target_set)` (KeyError if absent)."""
     r, name = setting

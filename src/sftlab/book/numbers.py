@@ -160,6 +160,18 @@ def training_numbers(root: Path) -> dict:
                 "instruction_share": pct(((data_cfg.get("instructions") or {}).get("share") or 0)),
                 "learning_rate": f"{train_cfg.get('learning_rate'):.0e}".replace("e-0", "e-"),
                 "loss_chunk": str(train_cfg.get("loss_chunk_size"))})
+    # Chapter 2's costs of this run's LoRA, by the calculator's byte counts (sftlab.book.lora)
+    from .lora import BYTES_PER_FROZEN_PARAM, BYTES_PER_TRAINED_PARAM
+
+    trained, base_params = tr["trainable_params"], tr["total_params"] - tr["trainable_params"]
+    lora_gb = (base_params * BYTES_PER_FROZEN_PARAM + trained * BYTES_PER_TRAINED_PARAM) / 1e9
+    full_gb = base_params * BYTES_PER_TRAINED_PARAM / 1e9
+    out.update({"memory_lora_gb": f"{lora_gb:.2f}", "memory_full_gb": f"{full_gb:.2f}",
+                "memory_ratio": f"{full_gb / lora_gb:.1f}", "full_copy_mb": f"{base_params * 4 / 1e6:,.0f}",
+                "trained_state_ratio": f"{base_params / trained:,.0f}"})
+    adapter = results.path / "adapter" / "adapter_model.safetensors"
+    if adapter.is_file():
+        out["adapter_mb"] = f"{adapter.stat().st_size / 1e6:.1f}"
     if (results.path / "lora_norms.jsonl").is_file():  # how far the adapter moved the weights (chapter 5's sweep)
         from .ablations import update_size
 
