@@ -130,3 +130,40 @@ def test_unknown_set_and_unfinished_folder_are_named(finished_run, tmp_path):
         evaluate_extra(finished_run, ["trivia"], progress=False)
     with pytest.raises(ConfigError, match="not a finished run folder"):
         evaluate_extra(tmp_path, ["qa"], progress=False)
+
+
+def test_plain_text_forgetting_added_later_matches_what_a_run_measures(tmp_path, tiny_model_dir):
+    """A run with evaluation.plain_text measures forgetting itself; `evaluate-extra --sets plain_text`
+    measures the same on a run without it (the reported run predates the sweep's forgetting): same
+    passages, the base model and the merged SFT model, and nearly the same numbers."""
+    import shutil
+
+    from tiny_models import write_tiny_recipe
+
+    recipe = write_tiny_recipe(tmp_path, tiny_model_dir)
+    config = yaml.safe_load(recipe.read_text())
+    config["evaluation"]["plain_text"] = 3
+    config["evaluation"]["extra_sets"] = []
+    recipe.write_text(yaml.safe_dump(config))
+    run = run_experiment(recipe, results_root=tmp_path / "results", progress=False)
+    measured = json.loads((run / "metrics.json").read_text())
+    later = tmp_path / "later"
+    shutil.copytree(run, later)
+    stripped = {k: v for k, v in measured.items() if k != "plain_text_loss"}
+    stripped["comparisons"] = [c for c in measured["comparisons"] if c["set"] != "plain_text"]
+    (later / "metrics.json").write_text(json.dumps(stripped))
+    (later / "plain_text_losses.json").unlink()
+
+    entries = evaluate_extra(later, ["plain_text"], progress=False)
+    assert set(entries) == {"plain_text"} and set(entries["plain_text"]["timings_s"]) == {
+        "plain_text-base_chat_s", "plain_text-sft_s"}
+    metrics = json.loads((later / "metrics.json").read_text())
+    for system in ("base_chat", "sft"):
+        assert metrics["plain_text_loss"][system]["n_conversations"] == 3
+        assert metrics["plain_text_loss"][system]["mean_nll"] == pytest.approx(
+            measured["plain_text_loss"][system]["mean_nll"], abs=1e-3)  # merged weights: the same model
+    forgetting = [c for c in metrics["comparisons"] if c["set"] == "plain_text"]
+    assert [(c["a"], c["b"]) for c in forgetting] == [("sft", "base_chat")]
+    assert [c for c in metrics["comparisons"] if c["set"] != "plain_text"] == stripped["comparisons"]  # the rest kept
+    assert set(json.loads((later / "plain_text_losses.json").read_text())) == {"base_chat", "sft"}
+    assert evaluate_extra(later, ["plain_text"], progress=False) == {}  # done once

@@ -4,7 +4,7 @@
   sftlab run FILE             train and evaluate; write results/NAME/
   sftlab rescore DIR [--model] recompute a run's metrics from its samples.jsonl (--model: the loss too)
   sftlab compare DIR_A DIR_B  does run B's every metric lie inside run A's 95% interval?
-  sftlab evaluate-extra DIR [--sets qa ood decoding judge official_ifeval]
+  sftlab evaluate-extra DIR [--sets qa ood decoding judge official_ifeval plain_text]
                               add response-accuracy sets to a finished run (sftlab.extra)
   sftlab card DIR             write the adapter's model card (adapter/README.md)
   sftlab chat DIR [--prompt TEXT]
@@ -216,9 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     rescore.add_argument("--quiet", action="store_true", help="no progress bars")
     rescore.set_defaults(func=_cmd_rescore)
     extra = sub.add_parser("evaluate-extra", help="add response-accuracy sets to a finished run: questions with "
-                           "checkable answers, untrained instruction types, decoding settings, a judge, official IFEval")
+                           "checkable answers, untrained instruction types, decoding settings, a judge, official IFEval, forgetting")
     extra.add_argument("results_dir")
-    extra.add_argument("--sets", nargs="+", metavar="SET", help="qa, ood, decoding, judge, official_ifeval "
+    extra.add_argument("--sets", nargs="+", metavar="SET", help="qa, ood, decoding, judge, official_ifeval, plain_text "
                        "(default: the recipe's evaluation.extra_sets, qa and ood)")
     extra.add_argument("--force", action="store_true", help="redo sets the run already has")
     extra.add_argument("--judge", metavar="SPEC", help="judge model (a local folder or a Hub id); "

@@ -73,7 +73,7 @@ EVAL_KEYS = {
     "plain_text": "passages of plain prose (Python's reference pages, no template) on which base and SFT "
                   "loss are compared: what training forgot (0: none; sftlab.plaintext)",
     "extra_sets": "sets `sftlab evaluate-extra` adds at the end of a run: qa, ood, decoding, judge, "
-                  "official_ifeval (sftlab.extra; [] none)",
+                  "official_ifeval, plain_text (sftlab.extra; [] none)",
     "qa_max_new_tokens": "token limit for replies to the questions with checkable answers (sftlab.qa)",
     "decoding": "decoding-robustness subset and settings: {heldout: N, ifeval: N, temperature: T, seeds: [..], "
                 "long_max_new_tokens: N} (sftlab.extra)",
@@ -241,7 +241,7 @@ RULES: dict[str, Key] = {
     "evaluation.bootstrap_resamples": whole(1),
     "evaluation.loss_batches": whole(1, null=True),
     "evaluation.plain_text": whole(0, null=True),
-    "evaluation.extra_sets": list_of(one_of("qa", "ood", "decoding", "judge", "official_ifeval")),
+    "evaluation.extra_sets": list_of(one_of("qa", "ood", "decoding", "judge", "official_ifeval", "plain_text")),
     "evaluation.qa_max_new_tokens": whole(1),
     "evaluation.decoding": mapping("a mapping such as {heldout: 30, ifeval: 60} (sftlab.extra checks its keys)",
                                    null=True),

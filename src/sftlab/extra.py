@@ -12,6 +12,10 @@ reference model (`EXTRA_SETS`):
                    with three seeds (`decoding_jobs`)
   judge            a pairwise judge model on the run's replies (`sftlab.judge`), when one is configured
   official_ifeval  google/IFEval with the official checkers (`sftlab.official_ifeval`), with the Hub
+  plain_text       forgetting: the base and the merged SFT model's loss on the same passages of plain
+                   prose (`sftlab.plaintext`; `evaluation.plain_text` passages, else PLAIN_TEXT_PASSAGES),
+                   into metrics.json's plain_text_loss and a paired SFT-minus-base comparison, as a run
+                   with `evaluation.plain_text` writes them (chapter 5's sweep measures every run so)
 
 The new replies go into samples.jsonl as rows of new `set` values, the scores into new sections
 of metrics.json (the run's own keys and rows are left as they are), and the timings, hardware and
@@ -42,7 +46,9 @@ from .runinfo import git_commit, hardware, versions
 from .scoring import write_json_atomic
 from .workdir import _log, _Stages
 
-EXTRA_SETS = ("qa", "ood", "decoding", "judge", "official_ifeval")
+EXTRA_SETS = ("qa", "ood", "decoding", "judge", "official_ifeval", "plain_text")
+SECTION = {"plain_text": "plain_text_loss"}  # the metrics.json key of a set, where it is not the set's name
+PLAIN_TEXT_PASSAGES = 40  # the ablation sweep's evaluation.plain_text, so the numbers compare
 DECODING_DEFAULTS = {"heldout": 30, "ifeval": 60, "temperature": 0.7, "seeds": [1, 2, 3], "long_max_new_tokens": 400}
 FAMILY = {"base_continuation": "base", "base_chat": "base", "base_fewshot": "base", "sft": "sft",
           "sft_continuation": "sft", "reference": "reference"}
@@ -112,6 +118,29 @@ def _load_family(folder: Path, config: dict, family: str):
         model.eval()
         return model, tok, fmt.eos_token_ids
     return model, tok, stop_token_ids(tok)
+
+
+def plain_text_losses(folder: Path, config: dict, n_passages: int, stages: _Stages, *, progress: bool) -> dict:
+    """The base model's and the merged SFT model's loss on the same `n_passages` windows of plain prose
+    (`sftlab.plaintext`), one model in memory at a time: {"base_chat": {...}, "sft": {...}}, each with
+    its per-passage rows ([nats, tokens]) and seconds. Each is a stage of the work folder."""
+    from .evaluate import assistant_nll
+    from .plaintext import plain_text_windows
+
+    out = {}
+    for system, family in (("base_chat", "base"), ("sft", "sft")):
+        key = f"plain_text-{system}"
+        out[system] = stages.get(key)
+        if out[system] is None:
+            _log(f"plain-text loss of {system} on {n_passages} passages")
+            model, tok, _ = _load_family(folder, config, family)
+            t = time.time()
+            per_passage, mean = assistant_nll(model, plain_text_windows(tok, n_passages), progress=progress)
+            out[system] = {"per_conversation": per_passage, "mean_nll": mean, "seconds": round(time.time() - t, 1)}
+            stages.put(key, out[system])
+            del model
+            gc.collect()
+    return out
 
 
 def run_jobs(folder: Path, config: dict, jobs: list[dict], stages: _Stages, *, batch_size: int,
@@ -290,7 +319,7 @@ def evaluate_extra(results_dir: str | Path, sets=None, *, progress: bool = True,
     samples = _read_rows(folder / "samples.jsonl")
     systems = [s for s in metrics["systems"] if s in FAMILY]  # the systems this command can load
     # each set once; a section that says it was not used (judge, official IFEval) is tried again
-    todo = [s for s in sets if force or s not in metrics or not metrics[s].get("used", True)]
+    todo = [s for s in sets if force or SECTION.get(s, s) not in metrics or not metrics[SECTION.get(s, s)].get("used", True)]
     if not todo and {"judge", "official_ifeval"} <= set(metrics):
         return {}
     n_boot, seed = int(eval_cfg["bootstrap_resamples"]), int(config.get("seed", 0))
@@ -322,6 +351,10 @@ def evaluate_extra(results_dir: str | Path, sets=None, *, progress: bool = True,
                   "max_new_tokens": max_new, "sampling": None} for s in systems]
         build["official_ifeval"] = lambda done: official_ifeval.official_sample_rows(official_rows, systems, done)
     done = run_jobs(folder, config, jobs, stages, batch_size=int(eval_cfg["batch_size"]), progress=progress)
+    plain = None
+    if "plain_text" in todo:
+        plain = plain_text_losses(folder, config, int(eval_cfg.get("plain_text") or PLAIN_TEXT_PASSAGES), stages,
+                                  progress=progress)
     new_rows = {name: fn(done) for name, fn in build.items()}
     sections, entries = {}, {}
     if "qa" in new_rows:
@@ -338,22 +371,30 @@ def evaluate_extra(results_dir: str | Path, sets=None, *, progress: bool = True,
             new_rows["judge"] = judge_rows
     if "official_ifeval" in todo:
         sections["official_ifeval"] = {}  # computed in _merge, from every set's rows
+    comparisons = []
+    if plain is not None:
+        from .scoring import score_plain_losses
+
+        scored = score_plain_losses({s: v["per_conversation"] for s, v in plain.items()}, n_resamples=n_boot, seed=seed)
+        sections["plain_text_loss"], comparisons = scored["plain_text_loss"], scored["comparisons"]
     hw, vers, commit = hardware(), versions(), git_commit()
-    for name in sections:
-        if name not in todo:
+    timed = {**done, **{f"plain_text-{s}": v for s, v in (plain or {}).items()}}
+    for name in todo:
+        if SECTION.get(name, name) not in sections:
             continue
-        keys = [j["key"] for j in jobs if j["key"].startswith(f"{name}-")]
+        keys = [k for k in timed if k.startswith(f"{name}-")]
         entries[name] = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git_commit": commit,
-                         "timings_s": {f"{k}_s": done[k]["seconds"] for k in keys},
-                         "generate_s": round(sum(done[k]["seconds"] for k in keys), 1),
+                         "timings_s": {f"{k}_s": timed[k]["seconds"] for k in keys},
+                         "generate_s": round(sum(timed[k]["seconds"] for k in keys), 1),
                          "cpu_kind": hw["cpu_kind"], "hardware": hw, "versions": vers}
-    _merge(folder, new_rows, sections, entries, wall_s=round(time.time() - t0, 1), n_resamples=n_boot, seed=seed)
+    _merge(folder, new_rows, sections, entries, wall_s=round(time.time() - t0, 1), n_resamples=n_boot, seed=seed,
+           comparisons=comparisons, plain={s: v["per_conversation"] for s, v in (plain or {}).items()})
     shutil.rmtree(work, ignore_errors=True)
     return entries
 
 
 def _merge(folder: Path, new_rows: dict, sections: dict, entries: dict, *, wall_s: float, n_resamples: int,
-           seed: int) -> None:
+           seed: int, comparisons: list | None = None, plain: dict | None = None) -> None:
     """Write the new rows, sections and run.json entries; the run's own rows and keys stay as they are.
     The files are read again here, so commands adding other sets at the same time keep each other's;
     the "official_ifeval" section (official checkers on the IFEval-style and OOD rows, the benchmark
@@ -362,6 +403,13 @@ def _merge(folder: Path, new_rows: dict, sections: dict, entries: dict, *, wall_
 
     samples = _read_rows(folder / "samples.jsonl")
     metrics = {**json.loads((folder / "metrics.json").read_text()), **sections}
+    if comparisons:  # a set's paired comparisons replace that set's earlier ones in the run's list
+        new_sets = {c["set"] for c in comparisons}
+        metrics["comparisons"] = [c for c in metrics.get("comparisons", []) if c.get("set") not in new_sets] + comparisons
+    if plain:
+        from .rescore import PLAIN_FILE
+
+        write_json_atomic(folder / PLAIN_FILE, plain)
     merged = [r for r in samples if r.get("set") not in new_rows] + [r for rows in new_rows.values() for r in rows]
     metrics["official_ifeval"] = official_section(merged, [r for r in merged if r.get("set") == "official_ifeval"],
                                                   n_resamples=n_resamples, seed=seed)
