@@ -107,3 +107,21 @@ def test_data_command_checks_the_whole_recipe_before_loading_anything(tmp_path, 
     assert main(["data", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{path}: data.eval_size: expected a whole number >= 1" in err and f"{path}: lora.r: expected" in err
+
+
+def test_book_pages_prints_each_chapter_and_the_main_text_apart_from_the_appendix(capsys, monkeypatch):
+    import nbformat
+
+    import sftlab.notebooks.quarto as quarto
+
+    def fake_execute(path, root, *, executed, **kwargs):  # 960 words of prose: two pages
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_markdown_cell(" ".join(["word"] * 960))]
+        executed.append(nb)
+        return 0.0
+
+    monkeypatch.setattr(quarto, "execute_like_quarto", fake_execute)
+    assert main(["book", "pages", "05-training", "appendix"]) == 0
+    out = capsys.readouterr().out
+    assert "05-training" in out and "appendix" in out and "06-evaluation" not in out
+    assert "main text 2.0 pages, appendix 2.0" in out

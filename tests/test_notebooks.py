@@ -381,8 +381,8 @@ def test_quarto_yml_is_a_book_with_the_chapters_in_order():
         "chapters/05-training.qmd",
         "chapters/06-evaluation.qmd",
         "chapters/07-inside-the-model.qmd",
-        "chapters/references.qmd",
     ]
+    assert book["appendices"] == ["chapters/appendix.qmd", "chapters/references.qmd"]  # the main text ends at ch. 7
     # Quarto wants the home page beside _quarto.yml; it is the preface, unnumbered, and it is
     # also the first notebook.
     assert (ROOT / "index.qmd").read_text().startswith("# Preface {#sec-preface .unnumbered}")

@@ -120,6 +120,27 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_book_pages(args) -> int:
+    from .book.checks import output_faults, page_parts, pages_from_parts
+    from .notebooks import book_root, chapter_files
+    from .notebooks.quarto import execute_like_quarto
+
+    root = book_root()
+    chapters = [c for c in chapter_files(root) if not args.chapters or c.stem in args.chapters]
+    main = appendix = 0.0
+    for chapter in chapters:
+        executed = []
+        execute_like_quarto(chapter, root, executed=executed)
+        parts = page_parts(executed[0])
+        pages = pages_from_parts(parts)
+        in_appendix = chapter.stem.startswith("appendix")
+        main, appendix = main + (0 if in_appendix else pages), appendix + (pages if in_appendix else 0)
+        faults = output_faults(executed[0])
+        print(f"{chapter.stem:24s} {pages:5.1f} pages  {parts}" + (f"  faults: {faults}" if faults else ""), flush=True)
+    print(f"main text {main:.1f} pages, appendix {appendix:.1f} (chapters only: add the title, contents and references)")
+    return 0
+
+
 def _cmd_notebooks_export(args) -> int:
     from .notebooks import NOTEBOOKS_DIR, book_root, chapter_files, export_notebooks
 
@@ -238,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     book_vars = book_sub.add_parser("variables", help="write _variables.yml from results/ (--check: only compare)")
     book_vars.add_argument("--check", action="store_true", help="exit 1 if the file differs, writing nothing")
     book_vars.set_defaults(func=_cmd_book_variables)
+    book_pages = book_sub.add_parser("pages", help="execute chapters as Quarto does and estimate their PDF pages "
+                                     "(sftlab.book.checks.page_estimate, calibrated on a real render)")
+    book_pages.add_argument("chapters", nargs="*", metavar="CHAPTER", help="chapter names (e.g. 05-training); default all")
+    book_pages.set_defaults(func=_cmd_book_pages)
     inspect = sub.add_parser("inspect", help="measure inside a finished run's models once (attention by template "
                                              "segment, end-of-turn probability along replies): RUN/inside.json, "
                                              "which chapter 7 reads")

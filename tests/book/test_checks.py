@@ -114,3 +114,44 @@ def test_no_paragraph_appears_twice_in_the_book():
                 key = " ".join(words).lower()
                 assert key not in seen, f"{chapter.name} repeats a paragraph of {seen[key]}: {' '.join(words[:15])}..."
                 seen[key] = chapter.name
+
+
+def test_the_page_estimate_matches_the_real_render_chapter_by_chapter():
+    """The counts of each chapter of the 2026-12-03 render (commit bd5f85e, re-executed) give its real
+    length within a page and 10%, and the book's within 2%: the constants are that render's."""
+    import json
+    from pathlib import Path
+
+    from sftlab.book.checks import pages_from_parts
+
+    render = json.loads((Path(__file__).parent / "data" / "render-2026-12-03-pages.json").read_text())
+    total = actual = 0.0
+    for name, chapter in render["chapters"].items():
+        estimate, real = pages_from_parts(chapter["parts"]), chapter["pages_to_last_line"]
+        assert abs(estimate - real) < min(1.0, 0.1 * real), (name, estimate, real)
+        total, actual = total + estimate, actual + real
+    assert abs(total - actual) < 0.02 * actual
+
+
+def test_page_parts_count_what_the_pdf_prints():
+    import nbformat
+
+    from sftlab.book.checks import page_estimate, page_parts
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("Five words of {{< var a.b >}} prose."),
+        nbformat.v4.new_code_cell("#| echo: true\nx = 1\ny = 2", outputs=[
+            nbformat.v4.new_output("stream", name="stdout", text="a\nb\n")]),
+        nbformat.v4.new_code_cell("show()", outputs=[  # hidden in the PDF: its output only
+            nbformat.v4.new_output("display_data", data={"text/markdown": "| a | b |\n|:---|---:|\n| one two | 3 |\n"}),
+            nbformat.v4.new_output("display_data", data={"image/png": "iVBOR", "text/plain": "<chart>"}),
+            nbformat.v4.new_output("display_data", data={"text/latex": "\\textbf{four} plain \\emph{words} here"}),
+        ]),
+        nbformat.v4.new_code_cell("setup()"),  # hidden and silent: nothing printed
+    ]
+    parts = page_parts(nb)
+    assert parts == {"words": 5, "lines": 4, "cells": 1, "hidden_cells": 1, "figures": 1,
+                     "table_words": 5, "rich_words": 4}  # a |:---| table is a table, not prose
+    assert page_parts(nb, all_code=True)["cells"] == 3 and page_parts(nb, all_code=True)["lines"] == 6
+    assert page_estimate(nb) > page_estimate(nbformat.v4.new_notebook()) == 0

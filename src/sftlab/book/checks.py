@@ -128,37 +128,71 @@ def markdown_faults(markdown: str) -> list[str]:
     return unsupported_characters(text) + eaten_brackets(markdown)
 
 
-# A rough page count of the PDF from an executed chapter (Quarto cannot run here): words of prose
-# and output text, code lines the PDF shows (cells with `echo: true`), figures, table rows and rich
-# outputs, at the book's geometry (scrreprt, 11 pt, 25 mm margins). Calibrated by eye against the
-# real render of 2026-12-03 (../shared/render: 119 pages); it says whether a chapter is 5 or 15
-# pages, not whether it is 9 or 10.
-WORDS_PER_PAGE, LINES_PER_PAGE, FIGURE_PAGES, ROWS_PER_PAGE, RICH_PAGES = 480, 52, 0.42, 38, 0.3
+# A page count of the PDF from an executed chapter (Quarto cannot run here), item by item, at the
+# book's geometry (scrreprt, 11 pt, 25 mm margins, letter). Calibrated against the real render of
+# 2026-12-03 (../shared/render/book-2026-12-03.pdf, commit bd5f85e, every cell's code printed: its
+# chapters re-executed and measured with `all_code=True`): WORDS_PER_PAGE and FIGURE_PAGES measured
+# on the PDF itself (full prose pages hold 450-480 words; figures are 6.5 in wide, median 3.4 in tall
+# with caption), the other four fitted by non-negative least squares over the eight chapters. Each
+# chapter came out within 0.7 pages (10%) of its real length, 106.1 pages for 106.9 in all
+# (tests/book/test_checks.py keeps the measurements). One render fixes these: a second would test them.
+WORDS_PER_PAGE = 480     # prose, and Markdown output that is not a table
+LINES_PER_PAGE = 44      # printed code and plain output lines (long lines wrap at about 80 characters)
+TABLE_WORDS_PER_PAGE = 173  # words in the cells of a table (captions, rules and padding included)
+RICH_WORDS_PER_PAGE = 506   # words of a LaTeX output (reply cards, token strips)
+FIGURE_PAGES = 0.5       # one figure with its caption
+CELL_PAGES = 0.113       # the space around each printed code cell and its output
+# A cell whose code the PDF hides (`echo: false`) keeps only its output's spacing: half, a guess the
+# render could not measure (it printed every cell's code).
+HIDDEN_CELL_PAGES = CELL_PAGES / 2
+_TABLE_RULE = re.compile(r"^\|[ :|-]*-{3,}[ :|-]*\|?\s*$", re.M)  # |---| and |:---| alike
+_LATEX_MARKUP = re.compile(r"\\[a-zA-Z]+\*?|\[[0-9A-Fa-f]{6}\]|\{[0-9A-Fa-f]{6}\}|[{}]")
+
+
+def page_parts(nb, *, all_code: bool = False) -> dict:
+    """What a chapter prints, counted for `page_estimate`: prose words, printed code and output lines,
+    code cells printed and hidden (with output), figures, table-cell words, LaTeX-output words.
+    `all_code` counts every cell's code, as the PDF printed it before glue code was hidden; otherwise
+    only `echo: true` cells print their code."""
+    parts = dict(words=0, lines=0, cells=0, hidden_cells=0, figures=0, table_words=0, rich_words=0)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            parts["words"] += len(re.sub(r"\{\{<.*?>\}\}", "x", cell.source).split())
+            continue
+        shown = all_code or re.search(r"^#\|\s*echo:\s*true", cell.source, re.M)
+        if shown:
+            parts["lines"] += sum(1 for line in cell.source.splitlines() if not line.startswith("#|"))
+        if shown:
+            parts["cells"] += 1
+        elif cell.get("outputs"):
+            parts["hidden_cells"] += 1
+        for output in cell.get("outputs", []):
+            data = output.get("data") or {}
+            markdown = "".join(data.get("text/markdown", ""))
+            if "image/png" in data:
+                parts["figures"] += 1
+            elif markdown and _TABLE_RULE.search(markdown):
+                parts["table_words"] += sum(1 for w in markdown.split() if not set(w) <= set("|:-"))
+            elif "text/latex" in data:
+                parts["rich_words"] += len(_LATEX_MARKUP.sub(" ", "".join(data["text/latex"])).split())
+            elif markdown:
+                parts["words"] += len(markdown.split())
+            elif output.get("output_type") == "stream":
+                parts["lines"] += "".join(output.get("text", "")).count("\n")
+    return parts
+
+
+def pages_from_parts(parts: dict) -> float:
+    """The estimated pages of `page_parts`' counts."""
+    return (parts["words"] / WORDS_PER_PAGE + parts["lines"] / LINES_PER_PAGE + parts["cells"] * CELL_PAGES
+            + parts.get("hidden_cells", 0) * HIDDEN_CELL_PAGES
+            + parts["figures"] * FIGURE_PAGES + parts["table_words"] / TABLE_WORDS_PER_PAGE
+            + parts["rich_words"] / RICH_WORDS_PER_PAGE)
 
 
 def page_estimate(nb, *, all_code: bool = False) -> float:
-    """Estimated PDF pages of an executed chapter notebook (see the constants above); `all_code`
-    counts every cell's code, as the PDF printed it before glue code was hidden."""
-    pages = 0.0
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            pages += len(re.sub(r"\{\{<.*?>\}\}", "x", cell.source).split()) / WORDS_PER_PAGE
-            continue
-        if all_code or re.search(r"^#\|\s*echo:\s*true", cell.source, re.M):
-            pages += sum(1 for line in cell.source.splitlines() if not line.startswith("#|")) / LINES_PER_PAGE
-        for output in cell.get("outputs", []):
-            data = output.get("data") or {}
-            if "image/png" in data:
-                pages += FIGURE_PAGES
-            elif "text/markdown" in data and "|---" in "".join(data["text/markdown"]):
-                pages += 0.12 + "".join(data["text/markdown"]).count("\n| ") / ROWS_PER_PAGE
-            elif "text/latex" in data:
-                pages += RICH_PAGES
-            elif "text/markdown" in data:
-                pages += len("".join(data["text/markdown"]).split()) / WORDS_PER_PAGE
-            elif output.get("output_type") == "stream":
-                pages += "".join(output.get("text", "")).count("\n") / LINES_PER_PAGE
-    return pages
+    """Estimated PDF pages of an executed chapter notebook (see the constants above)."""
+    return pages_from_parts(page_parts(nb, all_code=all_code))
 
 
 # Numbers in prose that are not results: model and format names, years, list markers, the
