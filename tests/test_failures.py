@@ -54,3 +54,28 @@ def test_quotes_lists_and_training_counts():
     per_type = {"bullets": 13, "bullets+lowercase": 13, "lowercase": 13, "numbered": 13}
     assert trained_examples(per_type, "bullet_count") == 26 and trained_examples(per_type, "all_lowercase") == 26
     assert trained_examples(per_type, "unknown_type") == 0
+
+
+@pytest.mark.parametrize("request_, reply, expected", [
+    ("Would the game publisher be able to sue me?", "Sure, the game publisher would be able to sue me if they proved it.", True),
+    ("Would the game publisher be able to sue me?", "Yes: the publisher could sue you if the engine is a copy.", False),
+    ("My cat won't eat. What should I do?", "If your cat won't eat, see a vet.", False),  # "your", not "my": the model's own voice
+    ("I am trying to learn Go. Where do I start?", "Start with the tour. " * 30 + "I am trying to learn Go.", False),  # too late
+])
+def test_a_reply_that_takes_the_users_first_person_phrase_as_its_own_speaks_as_the_user(request_, reply, expected):
+    from sftlab.failures import speaks_as_user
+
+    assert speaks_as_user(request_, reply) is expected
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ("Sure, I'd be happy to help you with that. Could you please provide me with the information you'd like me to share?", True),
+    ("Certainly! I'd be glad to help. Just give me a few details about what you need.", True),
+    ("Sure, I'd be happy to help. The capital of France is Paris.", False),  # helps, then answers
+    ("Could you please provide more details?", False),  # asks without the offer: the categories' deflection
+    ("Sure, I'd be happy to help. " + "Here is a long answer. " * 20 + "Let me know what you think.", False),  # long
+])
+def test_a_short_offer_that_asks_for_what_was_given_is_an_offer_instead_of_an_answer(reply, expected):
+    from sftlab.failures import offers_instead_of_answering
+
+    assert offers_instead_of_answering(reply) is expected

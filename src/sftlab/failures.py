@@ -18,6 +18,17 @@ checkable instruction, with rules a reader can verify by eye:
 
 `wrapped_in_quotes(reply)` flags a reply wrapped whole in double quotes, a habit the training
 mix can teach (its `quotation` examples wrap the reply), and `numbered_lines` counts list lines.
+
+Two failures of any reply, not of an instruction:
+
+- `speaks_as_user(request, reply)`: the reply takes the user's place, writing a first-person
+  phrase of the request as its own ("...would the game publisher be able to sue me?" answered
+  with "Sure, the game publisher would be able to sue me"): SPEAKS_AS_USER_WORDS consecutive words
+  of the request, one of them "I", "me", "my" or "I'm", appear in the reply's first
+  SPEAKS_AS_USER_SPAN words;
+- `offers_instead_of_answering(reply)`: a short reply (at most OFFER_MAX_WORDS words) that offers
+  help and asks for what the request already gave ("Sure, I'd be happy to help you with that.
+  Could you please provide me with the information...").
 """
 
 from __future__ import annotations
@@ -52,6 +63,46 @@ def wrapped_in_quotes(text: str) -> bool:
     """Whether the whole reply is one double-quoted string ("..." or “...”)."""
     t = text.strip()
     return len(t) >= 2 and t[0] in "\"\u201c" and t[-1] in "\"\u201d"
+
+
+SPEAKS_AS_USER_WORDS = 4
+SPEAKS_AS_USER_SPAN = 40
+OFFER_MAX_WORDS = 40
+_WORD = re.compile(r"[a-z0-9']+")
+_FIRST_PERSON = {"i", "me", "my", "i'm", "im", "i've", "i'd", "mine", "myself"}
+_OFFER = re.compile(r"\b(?:happy|glad) to help\b|\bI can help\b", re.IGNORECASE)
+_ASK_FOR = re.compile(r"\b(?:could|can|would) you (?:please )?(?:provide|give|share|tell|send)\b"
+                      r"|\b(?:just )?(?:give|send|tell) me\b|\blet me know (?:what|which|more)\b"
+                      r"|\bplease (?:provide|share)\b", re.IGNORECASE)
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower().replace("\u2019", "'"))
+
+
+def speaks_as_user(request: str, reply: str) -> bool:
+    """Whether the reply writes a first-person phrase of the request as its own (module docstring).
+
+    >>> speaks_as_user("Would the game publisher be able to sue me?", "Sure, the publisher would be able to sue me.")
+    True
+    >>> speaks_as_user("Would the game publisher be able to sue me?", "Yes, they could sue you for it.")
+    False
+    """
+    asked, said = _words(request), _words(reply)[:SPEAKS_AS_USER_SPAN]
+    n = SPEAKS_AS_USER_WORDS
+    phrases = {tuple(asked[i:i + n]) for i in range(len(asked) - n + 1) if _FIRST_PERSON & set(asked[i:i + n])}
+    return any(tuple(said[i:i + n]) in phrases for i in range(len(said) - n + 1))
+
+
+def offers_instead_of_answering(reply: str) -> bool:
+    """Whether a short reply offers help and asks for details instead of answering (module docstring).
+
+    >>> offers_instead_of_answering("Sure, I'd be happy to help. Could you please provide me with the details?")
+    True
+    >>> offers_instead_of_answering("Sure, I'd be happy to help. Paris is the capital of France.")
+    False
+    """
+    return len(_words(reply)) <= OFFER_MAX_WORDS and bool(_OFFER.search(reply)) and bool(_ASK_FOR.search(reply))
 
 
 def _case_share(text: str, upper: bool) -> float:

@@ -331,6 +331,28 @@ def smollm2_writes_longer(root: Path) -> bool:
             and m["sft"]["heldout"]["reply_length"]["value"] < ref_words)
 
 
+def _reply_failure_counts(root: Path) -> dict:
+    from .numbers import reply_failures
+    from .results import load_results, samples
+
+    found = reply_failures(samples(load_results("default", root=root, check=False), "heldout"))
+    return {k: int(v.split(" of ")[0]) for k, v in found.items()}
+
+
+def speaking_as_the_user_is_a_remnant(root: Path) -> bool:
+    """On the held-out prompts the base model with the template speaks as the user more often than the
+    SFT model, which does it at least once; SmolLM2 never does."""
+    n = _reply_failure_counts(root)
+    return n["speaks_base_chat"] > n["speaks_sft"] >= 1 and n["speaks_reference"] == 0
+
+
+def offers_are_sfts_own(root: Path) -> bool:
+    """Only the SFT model offers help instead of answering on the held-out prompts (at least once);
+    neither the base model nor SmolLM2 ever does."""
+    n = _reply_failure_counts(root)
+    return n["offers_sft"] >= 1 and n["offers_reference"] == 0 and n["offers_base_chat"] == 0
+
+
 def _preference(root: Path):
     from . import preference as P
 
@@ -380,6 +402,8 @@ def rft_drifts_dpo_does_not(root: Path) -> bool:
 
 CLAIMS: dict[str, Callable[[Path], bool]] = {
     **SWEEP_CLAIMS,
+    "speaking-as-the-user-is-a-remnant": speaking_as_the_user_is_a_remnant,
+    "offers-are-sfts-own": offers_are_sfts_own,
     "dpo-ranks-its-pairs": dpo_ranks_its_pairs,
     "preference-stage-not-separable": preference_stage_not_separable,
     "rft-drifts-dpo-does-not": rft_drifts_dpo_does_not,

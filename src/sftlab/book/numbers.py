@@ -176,6 +176,10 @@ def training_numbers(root: Path) -> dict:
         from .ablations import update_size
 
         out["update"] = f"{100 * update_size(results.path):.2f}%"
+    forgot = next((c for c in results.metrics.get("comparisons", []) if c.get("set") == "plain_text"
+                   and (c["a"], c["b"]) == ("sft", "base_chat") and c["metric"] == "mean_nll"), None)
+    if forgot:  # measured after the run by `sftlab evaluate-extra --sets plain_text`
+        out["forgetting"] = diff_ci(forgot)
     if evals:
         out.update({"eval_first": nats(evals[0]["eval_loss"]), "eval_first_step": str(evals[0]["step"]),
                     "eval_best": nats(best["eval_loss"]), "eval_best_step": str(best["step"]),
@@ -249,6 +253,21 @@ def failures_numbers(root: Path) -> dict:
         for system in ("sft", "reference"):
             cats = results.metrics["systems"][system][set_].get("categories") or {}
             out[f"loops_{set_}_{system}"] = f"{cats.get('loop', 0)} of {sum(cats.values())}"
+    out.update(reply_failures(samples(results, "heldout")))
+    return out
+
+
+def reply_failures(heldout: list[dict]) -> dict:
+    """Held-out replies that speak as the user and replies that offer help instead of answering
+    (`sftlab.failures`), per system: {"speaks_sft": "2 of 30", "offers_sft": ..., ...}."""
+    from ..failures import offers_instead_of_answering, speaks_as_user
+
+    out = {}
+    for system in ("sft", "reference", "base_chat"):
+        rows = [r for r in heldout if system in r["replies"]]
+        request = lambda r: [m["content"] for m in r["prompt"] if m["role"] == "user"][-1]
+        out[f"speaks_{system}"] = f"{sum(speaks_as_user(request(r), r['replies'][system]['text']) for r in rows)} of {len(rows)}"
+        out[f"offers_{system}"] = f"{sum(offers_instead_of_answering(r['replies'][system]['text']) for r in rows)} of {len(rows)}"
     return out
 
 
