@@ -76,7 +76,7 @@ _ASK_FOR = re.compile(r"\b(?:could|can|would) you (?:please )?(?:provide|give|sh
                       r"|\bplease (?:provide|share)\b", re.IGNORECASE)
 
 
-def _words(text: str) -> list[str]:
+def _lower_words(text: str) -> list[str]:
     return _WORD.findall(text.lower().replace("\u2019", "'"))
 
 
@@ -88,7 +88,7 @@ def speaks_as_user(request: str, reply: str) -> bool:
     >>> speaks_as_user("Would the game publisher be able to sue me?", "Yes, they could sue you for it.")
     False
     """
-    asked, said = _words(request), _words(reply)[:SPEAKS_AS_USER_SPAN]
+    asked, said = _lower_words(request), _lower_words(reply)[:SPEAKS_AS_USER_SPAN]
     n = SPEAKS_AS_USER_WORDS
     phrases = {tuple(asked[i:i + n]) for i in range(len(asked) - n + 1) if _FIRST_PERSON & set(asked[i:i + n])}
     return any(tuple(said[i:i + n]) in phrases for i in range(len(said) - n + 1))
@@ -102,7 +102,7 @@ def offers_instead_of_answering(reply: str) -> bool:
     >>> offers_instead_of_answering("Sure, I'd be happy to help. Paris is the capital of France.")
     False
     """
-    return len(_words(reply)) <= OFFER_MAX_WORDS and bool(_OFFER.search(reply)) and bool(_ASK_FOR.search(reply))
+    return len(_lower_words(reply)) <= OFFER_MAX_WORDS and bool(_OFFER.search(reply)) and bool(_ASK_FOR.search(reply))
 
 
 def _case_share(text: str, upper: bool) -> float:
