@@ -189,9 +189,12 @@ def chart_update_size(summary: dict, folder: str | Path = "results/ablations") -
         bars = base.mark_rule(strokeWidth=2, color="#4c72b0").encode(y=alt.Y(f"{y}_lo:Q", title=axis), y2=f"{y}_hi:Q")
         dots = base.mark_circle(size=60, color="#4c72b0", opacity=1).encode(
             y=f"{y}:Q", tooltip=["variant:N", alt.Tooltip("update:Q", format=".2f"), alt.Tooltip(f"{y}:Q", format="+.3f")])
-        labels = base.mark_text(align="left", dx=7, dy=-7, fontSize=10).encode(y=f"{y}:Q", text="variant:N")
+        # attention-only sits next to the control on both panels: its label goes below its point
+        below = alt.datum.variant == "attention-only"
+        labels = [base.transform_filter(f).mark_text(align="left", dx=7, dy=dy, fontSize=10).encode(
+            y=f"{y}:Q", text="variant:N") for f, dy in ((~below, -8), (below, 12))]
         zero = alt.Chart().mark_rule(color="#333333", strokeDash=[4, 3]).encode(y=alt.datum(0))
-        return alt.layer(zero, bars, dots, labels).properties(width=220, height=200, title=title)
+        return alt.layer(zero, bars, dots, *labels).properties(width=220, height=200, title=title)
 
     return alt.hconcat(panel("forgetting", "Forgetting", "plain-prose loss, SFT − base (nats/token)"),
                        panel("stop", "Ending the turn", "held-out stop rate − control's (pp)")).properties(
