@@ -79,3 +79,16 @@ def test_a_short_offer_that_asks_for_what_was_given_is_an_offer_instead_of_an_an
     from sftlab.failures import offers_instead_of_answering
 
     assert offers_instead_of_answering(reply) is expected
+
+
+def test_reply_failure_counts_read_each_reply_against_the_user_text_it_answers():
+    from sftlab.failures import reply_failure_counts
+
+    samples = [
+        {"prompt": [{"role": "user", "content": "Would the publisher be able to sue me?"}],
+         "replies": {"sft": {"text": "Sure, the publisher would be able to sue me."},
+                     "base_chat": {"text": "Sure, I'd be happy to help. Could you please provide the details?"}}},
+        {"prompt": [{"role": "user", "content": "Name a colour."}], "replies": {"sft": {"text": "Blue."}}},
+    ]
+    assert reply_failure_counts(samples, "sft") == {"speaks": 1, "offers": 0, "replies": 2}
+    assert reply_failure_counts(samples, "base_chat") == {"speaks": 0, "offers": 1, "replies": 1}  # only rows it answered

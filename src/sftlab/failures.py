@@ -105,6 +105,18 @@ def offers_instead_of_answering(reply: str) -> bool:
     return len(_lower_words(reply)) <= OFFER_MAX_WORDS and bool(_OFFER.search(reply)) and bool(_ASK_FOR.search(reply))
 
 
+def reply_failure_counts(samples: list[dict], system: str) -> dict:
+    """How many of `system`'s replies in `samples` speak as the user and how many offer help instead
+    of answering, out of how many: {"speaks": n, "offers": n, "replies": n}. The request is the
+    user text the reply answers (`rescore.prompt_text`, as the echo rule reads it)."""
+    from .rescore import prompt_text
+
+    rows = [r for r in samples if system in r["replies"]]
+    return {"speaks": sum(speaks_as_user(prompt_text(r["prompt"]), r["replies"][system]["text"]) for r in rows),
+            "offers": sum(offers_instead_of_answering(r["replies"][system]["text"]) for r in rows),
+            "replies": len(rows)}
+
+
 def _case_share(text: str, upper: bool) -> float:
     letters = [c for c in text if c.isalpha() and c.lower() != c.upper()]
     if not letters:

@@ -162,7 +162,6 @@ def page_parts(nb, *, all_code: bool = False) -> dict:
         shown = all_code or re.search(r"^#\|\s*echo:\s*true", cell.source, re.M)
         if shown:
             parts["lines"] += sum(1 for line in cell.source.splitlines() if not line.startswith("#|"))
-        if shown:
             parts["cells"] += 1
         elif cell.get("outputs"):
             parts["hidden_cells"] += 1
@@ -185,7 +184,7 @@ def page_parts(nb, *, all_code: bool = False) -> dict:
 def pages_from_parts(parts: dict) -> float:
     """The estimated pages of `page_parts`' counts."""
     return (parts["words"] / WORDS_PER_PAGE + parts["lines"] / LINES_PER_PAGE + parts["cells"] * CELL_PAGES
-            + parts.get("hidden_cells", 0) * HIDDEN_CELL_PAGES
+            + parts["hidden_cells"] * HIDDEN_CELL_PAGES
             + parts["figures"] * FIGURE_PAGES + parts["table_words"] / TABLE_WORDS_PER_PAGE
             + parts["rich_words"] / RICH_WORDS_PER_PAGE)
 

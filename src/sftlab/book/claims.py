@@ -332,25 +332,26 @@ def smollm2_writes_longer(root: Path) -> bool:
 
 
 def _reply_failure_counts(root: Path) -> dict:
-    from .numbers import reply_failures
+    """{system: sftlab.failures.reply_failure_counts} on the held-out replies."""
+    from ..failures import reply_failure_counts
     from .results import load_results, samples
 
-    found = reply_failures(samples(load_results("default", root=root, check=False), "heldout"))
-    return {k: int(v.split(" of ")[0]) for k, v in found.items()}
+    heldout = samples(load_results("default", root=root, check=False), "heldout")
+    return {s: reply_failure_counts(heldout, s) for s in ("sft", "reference", "base_chat")}
 
 
 def speaking_as_the_user_is_a_remnant(root: Path) -> bool:
     """On the held-out prompts the base model with the template speaks as the user more often than the
     SFT model, which does it at least once; SmolLM2 never does."""
     n = _reply_failure_counts(root)
-    return n["speaks_base_chat"] > n["speaks_sft"] >= 1 and n["speaks_reference"] == 0
+    return n["base_chat"]["speaks"] > n["sft"]["speaks"] >= 1 and n["reference"]["speaks"] == 0
 
 
 def offers_are_sfts_own(root: Path) -> bool:
     """Only the SFT model offers help instead of answering on the held-out prompts (at least once);
     neither the base model nor SmolLM2 ever does."""
     n = _reply_failure_counts(root)
-    return n["offers_sft"] >= 1 and n["offers_reference"] == 0 and n["offers_base_chat"] == 0
+    return n["sft"]["offers"] >= 1 and n["reference"]["offers"] == 0 and n["base_chat"]["offers"] == 0
 
 
 def _preference(root: Path):

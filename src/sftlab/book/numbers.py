@@ -167,7 +167,7 @@ def training_numbers(root: Path) -> dict:
     lora_gb = (base_params * BYTES_PER_FROZEN_PARAM + trained * BYTES_PER_TRAINED_PARAM) / 1e9
     full_gb = base_params * BYTES_PER_TRAINED_PARAM / 1e9
     out.update({"memory_lora_gb": f"{lora_gb:.2f}", "memory_full_gb": f"{full_gb:.2f}",
-                "memory_ratio": f"{full_gb / lora_gb:.1f}", "full_copy_mb": f"{base_params * 4 / 1e6:,.0f}",
+                "memory_ratio": f"{full_gb / lora_gb:.1f}", "full_copy_mb": f"{base_params * BYTES_PER_FROZEN_PARAM / 1e6:,.0f}",
                 "trained_state_ratio": f"{base_params / trained:,.0f}"})
     adapter = results.path / "adapter" / "adapter_model.safetensors"
     if adapter.is_file():
@@ -176,8 +176,7 @@ def training_numbers(root: Path) -> dict:
         from .ablations import update_size
 
         out["update"] = f"{100 * update_size(results.path):.2f}%"
-    forgot = next((c for c in results.metrics.get("comparisons", []) if c.get("set") == "plain_text"
-                   and (c["a"], c["b"]) == ("sft", "base_chat") and c["metric"] == "mean_nll"), None)
+    forgot = _comparison(results, "sft", "base_chat", "mean_nll", "plain_text")
     if forgot:  # measured after the run by `sftlab evaluate-extra --sets plain_text`
         out["forgetting"] = diff_ci(forgot)
     if evals:
@@ -221,7 +220,7 @@ def failures_numbers(root: Path) -> dict:
     """Chapter 6's failure analysis: what the trained model writes instead, on the instruction types
     it never passes, and the habits behind it (sftlab.failures, on samples.jsonl)."""
     from ..data.instructions import VALUES
-    from ..failures import failure_table, numbered_lines, trained_examples, wrapped_in_quotes
+    from ..failures import failure_table, numbered_lines, reply_failure_counts, trained_examples, wrapped_in_quotes
     from .results import samples
 
     results = _default(root)
@@ -253,21 +252,11 @@ def failures_numbers(root: Path) -> dict:
         for system in ("sft", "reference"):
             cats = results.metrics["systems"][system][set_].get("categories") or {}
             out[f"loops_{set_}_{system}"] = f"{cats.get('loop', 0)} of {sum(cats.values())}"
-    out.update(reply_failures(samples(results, "heldout")))
-    return out
-
-
-def reply_failures(heldout: list[dict]) -> dict:
-    """Held-out replies that speak as the user and replies that offer help instead of answering
-    (`sftlab.failures`), per system: {"speaks_sft": "2 of 30", "offers_sft": ..., ...}."""
-    from ..failures import offers_instead_of_answering, speaks_as_user
-
-    out = {}
-    for system in ("sft", "reference", "base_chat"):
-        rows = [r for r in heldout if system in r["replies"]]
-        request = lambda r: [m["content"] for m in r["prompt"] if m["role"] == "user"][-1]
-        out[f"speaks_{system}"] = f"{sum(speaks_as_user(request(r), r['replies'][system]['text']) for r in rows)} of {len(rows)}"
-        out[f"offers_{system}"] = f"{sum(offers_instead_of_answering(r['replies'][system]['text']) for r in rows)} of {len(rows)}"
+    heldout = samples(results, "heldout")
+    for system in ("sft", "reference", "base_chat"):  # held-out replies that speak as the user, or only offer help
+        n = reply_failure_counts(heldout, system)
+        out[f"speaks_{system}"] = f"{n['speaks']} of {n['replies']}"
+        out[f"offers_{system}"] = f"{n['offers']} of {n['replies']}"
     return out
 
 
@@ -388,6 +377,7 @@ def ablation_values(results: Path) -> dict:
             if d is not None and row["variant"] != "control":
                 out[f"{row['variant'].replace('-', '_')}_{short}"] = fmt_diff(d, kind)
     by_name = {r["variant"]: r for r in summary["variants"]}
+    control_size = None  # the control's update size, read once where a variant needs it
     if "no-eot-row" in by_name:
         out["eot_row_params"] = f"{by_name['control']['trainable_params'] - by_name['no-eot-row']['trainable_params']:,}"
     for row in summary["variants"]:
@@ -396,13 +386,12 @@ def ablation_values(results: Path) -> dict:
             out[f"{name}_forgetting"] = fmt_diff(row["forgetting"][0], "nats")
         if row.get("train_s") is not None:
             out[f"{name}_train_min"] = f"{row['train_s'] / 60:.0f}"
+        out[f"{name}_params"] = f"{row['trainable_params']:,}"
         if (results / row["variant"] / "lora_norms.jsonl").is_file():  # how far the adapter moved the weights
             size = ablations.update_size(results / row["variant"])
+            control_size = control_size or ablations.update_size(results / "control")
             out[f"{name}_update"] = f"{100 * size:.2f}%"
-            out[f"{name}_update_ratio"] = f"{size / ablations.update_size(results / 'control'):.1f}"
-    by_params = {r["variant"]: r["trainable_params"] for r in summary["variants"]}
-    for name, params in by_params.items():
-        out[f"{name.replace('-', '_')}_params"] = f"{params:,}"
+            out[f"{name}_update_ratio"] = f"{size / control_size:.1f}"
     return out
 
 

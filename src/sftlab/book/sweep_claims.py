@@ -123,13 +123,11 @@ def second_epoch_buys_stopping(root: Path) -> bool:
     """two-epochs: stop rate on IFEval-style prompts and on the questions better, forgetting worse,
     held-out loss not separable; the reported run's update is within 25% of rank-64's and it forgets
     more than the control (its forgetting's interval lies above the control's)."""
-    import json
-
     from .ablations import update_size
+    from .results import comparison, load_results
 
     folder = root / "results" / "ablations"
-    metrics = json.loads((root / "results" / "default" / "metrics.json").read_text())
-    reported = next(c for c in metrics["comparisons"] if c.get("set") == "plain_text" and c["a"] == "sft")
+    reported = comparison(load_results("default", root=root, check=False), "sft", "base_chat", "mean_nll", "plain_text")
     control = _sweep(root)["control"]["forgetting"][0]
     if reported["ci"][0] <= control["ci"][1]:
         return False
