@@ -125,3 +125,9 @@ def test_book_pages_prints_each_chapter_and_the_main_text_apart_from_the_appendi
     out = capsys.readouterr().out
     assert "05-training" in out and "appendix" in out and "06-evaluation" not in out
     assert "main text 2.0 pages, appendix 2.0" in out
+
+
+def test_book_pages_names_a_chapter_that_does_not_exist(capsys):
+    assert main(["book", "pages", "05-trainig"]) == 2
+    err = capsys.readouterr().err
+    assert "no such chapter(s): 05-trainig" in err and "05-training" in err

@@ -126,7 +126,12 @@ def _cmd_book_pages(args) -> int:
     from .notebooks.quarto import execute_like_quarto
 
     root = book_root()
-    chapters = [c for c in chapter_files(root) if not args.chapters or c.stem in args.chapters]
+    known = chapter_files(root)
+    unknown = sorted(set(args.chapters) - {c.stem for c in known})
+    if unknown:
+        print(f"no such chapter(s): {', '.join(unknown)}; chapters: {', '.join(c.stem for c in known)}", file=sys.stderr)
+        return 2
+    chapters = [c for c in known if not args.chapters or c.stem in args.chapters]
     main = appendix = 0.0
     for chapter in chapters:
         executed = []
